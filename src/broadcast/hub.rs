@@ -1,0 +1,380 @@
+//! The gateway's fan-out: which local connections subscribe to which channel, how far each
+//! has been served, and the one task that reads new log rows and hands them out.
+//!
+//! Each channel entry remembers `head`, the last seq this gateway has read and delivered.
+//! A subscriber is either *in sync* (`cursor >= head`: every new row goes straight to its
+//! outbox) or *catching up* (a task replays `cursor+1..` from the log, then flips it to in
+//! sync under the same lock the live path takes). That single lock is the seam: a row is
+//! delivered by exactly one of the two paths, so resume has no gap and no duplicate.
+//! Every frame is serialised once per gateway and shared by all its subscribers.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use chrono::SecondsFormat;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use sqlx::PgPool;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::{channel_heads, history_read, history_read_many, LoggedMessage};
+use crate::ids::Seq;
+
+/// Rows read per channel per query.
+const READ_LIMIT: i64 = 500;
+
+/// The sending side of one connection's bounded outbox.
+#[derive(Clone)]
+pub struct Outbox {
+    pub conn: u64,
+    tx: mpsc::Sender<Utf8Bytes>,
+    overflow: Arc<Notify>,
+}
+
+impl Outbox {
+    pub fn new(conn: u64, tx: mpsc::Sender<Utf8Bytes>, overflow: Arc<Notify>) -> Self {
+        Self { conn, tx, overflow }
+    }
+
+    /// Queues a frame without waiting. A full outbox means the client reads too slowly:
+    /// the frame is not queued and the session is told to close the connection (4008),
+    /// after which the client resumes from its last seq.
+    pub fn push(&self, frame: Utf8Bytes) -> bool {
+        match self.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.overflow.notify_one();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+struct Sub {
+    outbox: Outbox,
+    cursor: Seq,
+    catching_up: bool,
+}
+
+struct Entry {
+    head: Seq,
+    subs: HashMap<u64, Sub>,
+}
+
+#[derive(Default)]
+struct State {
+    channels: HashMap<String, Entry>,
+    dirty: HashSet<String>,
+    resync: bool,
+}
+
+/// See the module docs.
+pub struct Hub {
+    state: Mutex<State>,
+    pool: PgPool,
+    wake: Notify,
+}
+
+#[derive(Serialize)]
+struct MessageFrame<'a> {
+    op: &'static str,
+    channel: &'a str,
+    seq: Seq,
+    name: &'a str,
+    data: &'a RawValue,
+    ts: String,
+}
+
+/// The `message` frame of a logged message.
+pub fn message_frame(m: &LoggedMessage) -> Utf8Bytes {
+    // The log stores jsonb, whose text form is always valid JSON; `null` is a safe stand-in
+    // should that ever not hold.
+    let data = serde_json::from_str::<&RawValue>(&m.data)
+        .unwrap_or_else(|_| serde_json::from_str("null").expect("null is JSON"));
+    let frame = MessageFrame {
+        op: "message",
+        channel: &m.channel,
+        seq: m.seq,
+        name: &m.name,
+        data,
+        ts: m.ts.to_rfc3339_opts(SecondsFormat::Micros, true),
+    };
+    // Serialising strings, integers and raw JSON cannot fail.
+    Utf8Bytes::from(serde_json::to_string(&frame).expect("frame serialises"))
+}
+
+impl Hub {
+    pub fn new(pool: PgPool) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(State::default()),
+            pool,
+            wake: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Every critical section leaves the maps consistent between statements.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Channels reached these heads (from NOTIFY or from this process's own commits).
+    pub fn on_heads<'a>(&self, heads: impl IntoIterator<Item = (&'a str, Seq)>) {
+        let mut state = self.lock();
+        let mut any = false;
+        for (channel, head) in heads {
+            if let Some(entry) = state.channels.get(channel) {
+                if head > entry.head {
+                    state.dirty.insert(channel.to_owned());
+                    any = true;
+                }
+            }
+        }
+        drop(state);
+        if any {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Check every channel against the database (after a lost LISTEN connection).
+    pub fn resync_all(&self) {
+        self.lock().resync = true;
+        self.wake.notify_one();
+    }
+
+    /// How many (channel, connection) subscriptions this gateway holds.
+    pub fn subscription_count(&self) -> usize {
+        self.lock().channels.values().map(|e| e.subs.len()).sum()
+    }
+
+    /// Registers a subscription. `first` (the `subscribed` reply) is queued before any
+    /// message; then every message with seq > `cursor` follows in order. `db_head` is the
+    /// channel head the caller read before calling.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        channel: &str,
+        outbox: Outbox,
+        cursor: Seq,
+        db_head: Seq,
+        first: Utf8Bytes,
+    ) -> bool {
+        let conn = outbox.conn;
+        let mut state = self.lock();
+        if !outbox.push(first) {
+            return false;
+        }
+        let new_entry = !state.channels.contains_key(channel);
+        let entry = state
+            .channels
+            .entry(channel.to_owned())
+            .or_insert_with(|| Entry {
+                head: db_head,
+                subs: HashMap::new(),
+            });
+        let catching_up = cursor < entry.head;
+        entry.subs.insert(
+            conn,
+            Sub {
+                outbox,
+                cursor,
+                catching_up,
+            },
+        );
+        if new_entry {
+            // Rows committed between the caller's read of the head and now were not
+            // routed here yet: look once.
+            state.dirty.insert(channel.to_owned());
+        }
+        drop(state);
+        if new_entry {
+            self.wake.notify_one();
+        }
+        if catching_up {
+            tokio::spawn(Arc::clone(self).catch_up(channel.to_owned(), conn));
+        }
+        true
+    }
+
+    /// Removes a subscription; returns whether it existed.
+    pub fn unsubscribe(&self, channel: &str, conn: u64) -> bool {
+        let mut state = self.lock();
+        let Some(entry) = state.channels.get_mut(channel) else {
+            return false;
+        };
+        let existed = entry.subs.remove(&conn).is_some();
+        if entry.subs.is_empty() {
+            state.channels.remove(channel);
+            state.dirty.remove(channel);
+        }
+        existed
+    }
+
+    /// Replays the log to one subscriber until it is in sync with the live stream.
+    async fn catch_up(self: Arc<Self>, channel: String, conn: u64) {
+        let mut empty_reads = 0;
+        loop {
+            let cursor = {
+                let state = self.lock();
+                match state.channels.get(&channel).and_then(|e| e.subs.get(&conn)) {
+                    Some(sub) => sub.cursor,
+                    None => return,
+                }
+            };
+            let rows = match history_read(&self.pool, &channel, cursor, READ_LIMIT).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(error = %e, %channel, "replay read failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let mut state = self.lock();
+            let Some(entry) = state.channels.get_mut(&channel) else {
+                return;
+            };
+            let head = entry.head;
+            let Some(sub) = entry.subs.get_mut(&conn) else {
+                return;
+            };
+            for row in &rows {
+                if row.seq > sub.cursor {
+                    if !sub.outbox.push(message_frame(row)) {
+                        entry.subs.remove(&conn);
+                        return;
+                    }
+                    sub.cursor = row.seq;
+                }
+            }
+            if rows.len() as i64 == READ_LIMIT {
+                continue;
+            }
+            if sub.cursor >= head {
+                sub.catching_up = false;
+                return;
+            }
+            // The log ended below the hub's head: either those rows were committed after
+            // our read started (read again), or they were pruned (twice empty: skip them).
+            empty_reads = if rows.is_empty() { empty_reads + 1 } else { 0 };
+            if empty_reads >= 2 {
+                sub.cursor = head;
+                sub.catching_up = false;
+                return;
+            }
+        }
+    }
+
+    /// Delivers rows read from the log (ordered by channel, then seq) to in-sync
+    /// subscribers; returns the channels that may have more rows.
+    fn deliver(&self, rows: &[LoggedMessage]) -> Vec<String> {
+        let mut state = self.lock();
+        let mut more = Vec::new();
+        let mut i = 0;
+        while i < rows.len() {
+            let channel = &rows[i].channel;
+            let end = rows[i..]
+                .iter()
+                .position(|r| &r.channel != channel)
+                .map_or(rows.len(), |n| i + n);
+            if (end - i) as i64 >= READ_LIMIT {
+                more.push(channel.clone());
+            }
+            if let Some(entry) = state.channels.get_mut(channel) {
+                let mut dead = Vec::new();
+                for row in &rows[i..end] {
+                    if row.seq <= entry.head {
+                        continue;
+                    }
+                    entry.head = row.seq;
+                    let frame = message_frame(row);
+                    for (conn, sub) in entry.subs.iter_mut() {
+                        if sub.catching_up || row.seq <= sub.cursor {
+                            continue;
+                        }
+                        if sub.outbox.push(frame.clone()) {
+                            sub.cursor = row.seq;
+                        } else {
+                            dead.push(*conn);
+                        }
+                    }
+                }
+                for conn in dead {
+                    entry.subs.remove(&conn);
+                }
+            }
+            i = end;
+        }
+        more
+    }
+
+    /// Reads new log rows for dirty channels and fans them out, until `stop`. Also polls
+    /// every channel's head every `poll`, so a lost NOTIFY costs latency, not messages.
+    pub async fn run(self: Arc<Self>, poll: Duration, stop: CancellationToken) {
+        let mut ticker = tokio::time::interval(poll);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = ticker.tick() => { self.lock().resync = true; }
+                _ = stop.cancelled() => return,
+            }
+            while let Err(e) = self.fetch_round().await {
+                tracing::warn!(error = %e, "fan-out read failed; retrying");
+                self.lock().resync = true;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        }
+    }
+
+    /// Reads and delivers until no channel is known to have unread rows.
+    async fn fetch_round(&self) -> sqlx::Result<()> {
+        loop {
+            let (resync, dirty) = {
+                let mut state = self.lock();
+                let resync = std::mem::take(&mut state.resync);
+                let dirty = std::mem::take(&mut state.dirty);
+                if resync {
+                    let all: Vec<String> = state.channels.keys().cloned().collect();
+                    (Some(all), dirty)
+                } else {
+                    (None, dirty)
+                }
+            };
+            let mut wanted: HashSet<String> = dirty;
+            if let Some(all) = resync {
+                for chunk in all.chunks(5000) {
+                    let heads = channel_heads(&self.pool, chunk).await?;
+                    let state = self.lock();
+                    for (name, head) in heads {
+                        if state.channels.get(&name).is_some_and(|e| head > e.head) {
+                            wanted.insert(name);
+                        }
+                    }
+                }
+            }
+            if wanted.is_empty() {
+                return Ok(());
+            }
+            let (names, afters): (Vec<String>, Vec<Seq>) = {
+                let state = self.lock();
+                wanted
+                    .into_iter()
+                    .filter_map(|c| state.channels.get(&c).map(|e| e.head).map(|h| (c, h)))
+                    .unzip()
+            };
+            if names.is_empty() {
+                return Ok(());
+            }
+            let rows = history_read_many(&self.pool, &names, &afters, READ_LIMIT).await?;
+            let more = self.deliver(&rows);
+            if !more.is_empty() {
+                self.lock().dirty.extend(more);
+            }
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The broadcast path: the message log (per-channel gap-free `seq`, written in the
+//! writer's transaction), the process-wide [`notify::Notifier`] that turns commits into
+//! coalesced NOTIFY wake-ups, the one LISTEN connection per process ([`listen`]), the
+//! gateway's fan-out [`hub::Hub`], and retention ([`prune`]).
+//!
+//! Invariant: a channel's seqs are allocated under the row lock of its `channels` row, so
+//! they are gap-free and in commit order; a reader that has delivered seq `n` and later
+//! reads `seq > n` misses nothing. NOTIFY only says "channel X reached seq n": it is a
+//! wake-up, never the data, and a lost one costs latency (the hub also polls), never data.
+
+pub mod hub;
+pub mod listen;
+pub mod notify;
+pub mod prune;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgConnection, PgExecutor};
+
+use crate::ids::Seq;
+
+/// One message to append to the log.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub channel: String,
+    pub name: String,
+    pub data: Value,
+}
+
+/// A message read back from the log; `data` stays JSON text so it is never re-parsed on
+/// its way to the sockets.
+#[derive(Debug, Clone)]
+pub struct LoggedMessage {
+    pub channel: String,
+    pub seq: Seq,
+    pub name: String,
+    pub data: String,
+    pub ts: DateTime<Utc>,
+}
+
+/// Appends messages (in order) to their channels' logs inside the caller's transaction and
+/// returns each message's seq, index for index, plus each channel's new head.
+pub async fn log_append(
+    conn: &mut PgConnection,
+    messages: &[NewMessage],
+) -> sqlx::Result<(Vec<Seq>, Vec<(String, Seq)>)> {
+    if messages.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    // Count per channel, sorted by name: the upsert locks channel rows in this order, so
+    // two writers touching the same channels can never deadlock.
+    let mut counts: std::collections::BTreeMap<&str, i64> = Default::default();
+    for m in messages {
+        *counts.entry(m.channel.as_str()).or_default() += 1;
+    }
+    let names: Vec<String> = counts.keys().map(|s| (*s).to_owned()).collect();
+    let ns: Vec<i64> = counts.values().copied().collect();
+    let heads = channel_bump_heads(&mut *conn, &names, &ns).await?;
+    // Hand out seqs: the batch for a channel occupies (head - n, head].
+    let mut next: std::collections::HashMap<&str, Seq> = heads
+        .iter()
+        .map(|(name, head)| (name.as_str(), *head - counts[name.as_str()] + 1))
+        .collect();
+    let mut seqs = Vec::with_capacity(messages.len());
+    for m in messages {
+        // Every channel of `messages` is in `counts`, hence in `heads` and `next`.
+        let slot = next
+            .get_mut(m.channel.as_str())
+            .expect("channel was bumped");
+        seqs.push(*slot);
+        *slot += 1;
+    }
+    let channels: Vec<String> = messages.iter().map(|m| m.channel.clone()).collect();
+    let msg_names: Vec<String> = messages.iter().map(|m| m.name.clone()).collect();
+    let datas: Vec<Value> = messages.iter().map(|m| m.data.clone()).collect();
+    messages_insert(&mut *conn, &channels, &seqs, &msg_names, &datas).await?;
+    Ok((seqs, heads))
+}
+
+async fn channel_bump_heads(
+    conn: impl PgExecutor<'_>,
+    names: &[String],
+    counts: &[i64],
+) -> sqlx::Result<Vec<(String, Seq)>> {
+    let rows = sqlx::query!(
+        r#"
+        INSERT INTO postgame.channels AS c (name, head)
+        SELECT name, n FROM unnest($1::text[], $2::int8[]) AS t(name, n) ORDER BY name
+        ON CONFLICT (name) DO UPDATE SET head = c.head + EXCLUDED.head, updated_at = now()
+        RETURNING name, head
+        "#,
+        names,
+        counts
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.name, r.head)).collect())
+}
+
+async fn messages_insert(
+    conn: impl PgExecutor<'_>,
+    channels: &[String],
+    seqs: &[Seq],
+    names: &[String],
+    datas: &[Value],
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        r#"
+        INSERT INTO postgame.messages (channel, seq, name, data)
+        SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::jsonb[])
+        "#,
+        channels,
+        seqs,
+        names,
+        datas
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Retained messages of `channel` with seq > `after`, oldest first, at most `limit`.
+pub async fn history_read(
+    conn: impl PgExecutor<'_>,
+    channel: &str,
+    after: Seq,
+    limit: i64,
+) -> sqlx::Result<Vec<LoggedMessage>> {
+    sqlx::query_as!(
+        LoggedMessage,
+        r#"
+        SELECT channel, seq, name, data::text AS "data!", ts
+        FROM postgame.messages
+        WHERE channel = $1 AND seq > $2
+        ORDER BY seq
+        LIMIT $3
+        "#,
+        channel,
+        after,
+        limit
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// For several channels at once: messages with seq > that channel's `after`, at most
+/// `limit` per channel, ordered by channel then seq.
+pub async fn history_read_many(
+    conn: impl PgExecutor<'_>,
+    channels: &[String],
+    afters: &[Seq],
+    limit: i64,
+) -> sqlx::Result<Vec<LoggedMessage>> {
+    sqlx::query_as!(
+        LoggedMessage,
+        r#"
+        SELECT m.channel AS "channel!", m.seq AS "seq!", m.name AS "name!",
+               m.data AS "data!", m.ts AS "ts!"
+        FROM unnest($1::text[], $2::int8[]) AS u(channel, after)
+        CROSS JOIN LATERAL (
+            SELECT channel, seq, name, data::text AS data, ts FROM postgame.messages
+            WHERE channel = u.channel AND seq > u.after
+            ORDER BY seq LIMIT $3
+        ) m
+        ORDER BY m.channel, m.seq
+        "#,
+        channels,
+        afters,
+        limit
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// A channel's head (0 when never written) and its oldest retained seq.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelPosition {
+    pub head: Seq,
+    pub oldest: Option<Seq>,
+}
+
+pub async fn channel_position(
+    conn: impl PgExecutor<'_>,
+    channel: &str,
+) -> sqlx::Result<ChannelPosition> {
+    let row = sqlx::query!(
+        r#"
+        SELECT coalesce((SELECT head FROM postgame.channels WHERE name = $1), 0) AS "head!",
+               (SELECT seq FROM postgame.messages WHERE channel = $1 ORDER BY seq LIMIT 1)
+                   AS oldest
+        "#,
+        channel
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(ChannelPosition {
+        head: row.head,
+        oldest: row.oldest,
+    })
+}
+
+/// The heads of several channels (absent ones are left out).
+pub async fn channel_heads(
+    conn: impl PgExecutor<'_>,
+    channels: &[String],
+) -> sqlx::Result<Vec<(String, Seq)>> {
+    let rows = sqlx::query!(
+        "SELECT name, head FROM postgame.channels WHERE name = ANY($1)",
+        channels
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.name, r.head)).collect())
+}

@@ -1,0 +1,372 @@
+//! Game logic: the [`Game`] trait a user implements, its type-erased form the engine runs
+//! ([`DynGame`]), the [`Registry`] of games a binary ships, and the built-in games.
+//!
+//! Handlers are pure functions of (config, state, input, now): no I/O, no clock, no
+//! randomness they do not get from their input. The engine (workers and tickers) loads the
+//! state, runs the handler, and commits the new state together with the outgoing messages
+//! in one transaction; a handler that errors or panics changes nothing and its input is
+//! retried.
+
+pub mod tictactoe;
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::ids::{ClientId, MatchId};
+
+/// What a handler sees besides its state and input.
+#[derive(Debug, Clone, Copy)]
+pub struct Cx<'a, C> {
+    pub match_id: MatchId,
+    pub config: &'a C,
+    /// The database's clock when the batch was claimed: the only "now" a handler has.
+    pub now: DateTime<Utc>,
+}
+
+/// An input to a match, taken from its control queue.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// A control message a client published on `control:<match>`.
+    Client {
+        /// The message's `msg_id` (as acked to the client), for `rejected.ref`.
+        msg_id: i64,
+        client: ClientId,
+        name: String,
+        data: Value,
+    },
+    /// One of `client`'s connections subscribed to `match:<match>`.
+    Connected {
+        client: ClientId,
+        connection: String,
+    },
+    /// That connection unsubscribed or went away.
+    Disconnected {
+        client: ClientId,
+        connection: String,
+    },
+}
+
+/// Name under which the gateway enqueues a `Connected` input (clients cannot publish names
+/// starting with `$`).
+pub const PRESENCE_CONNECTED: &str = "$connected";
+/// Name under which the gateway enqueues a `Disconnected` input.
+pub const PRESENCE_DISCONNECTED: &str = "$disconnected";
+
+/// When a tick was due and when it runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tick {
+    pub scheduled: DateTime<Utc>,
+    pub now: DateTime<Utc>,
+}
+
+/// Where an outgoing message goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum To {
+    /// `match:<this match>`.
+    Match,
+    /// `user:<client>`: a private reply.
+    User(ClientId),
+    /// `lobby`.
+    Lobby,
+}
+
+/// A message a handler sends; it is written to the message log in the handler's
+/// transaction and broadcast after commit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    pub to: To,
+    pub name: String,
+    pub data: Value,
+}
+
+impl Outgoing {
+    pub fn new(to: To, name: &str, data: Value) -> Self {
+        Self {
+            to,
+            name: name.to_owned(),
+            data,
+        }
+    }
+}
+
+/// The error of a handler that could not process its input (a bug or an impossible state,
+/// not a rejected move: a rejection is an ordinary outgoing message). The input is retried
+/// with backoff and then dead-lettered with this text.
+pub type GameError = anyhow::Error;
+
+/// A game, in the spirit of Nakama's match handler.
+pub trait Game: Send + Sync + 'static {
+    /// The match configuration, validated at creation and stored with the match.
+    type Config: Serialize + DeserializeOwned + Send + Sync;
+    /// The match state, stored as JSONB.
+    type State: Serialize + DeserializeOwned + Clone + Send;
+
+    /// The name clients use in `POST /v1/matches`.
+    fn name(&self) -> &'static str;
+
+    /// Parses and validates a client-supplied config (`{}` when absent); the error is shown
+    /// to the client as a `bad_request`.
+    fn config(&self, raw: &Value) -> Result<Self::Config, String>;
+
+    /// The state of a new match, and the messages announcing it.
+    fn create(&self, cx: &Cx<'_, Self::Config>, out: &mut Vec<Outgoing>) -> Self::State;
+
+    /// Applies one control input.
+    fn handle(
+        &self,
+        cx: &Cx<'_, Self::Config>,
+        state: &mut Self::State,
+        input: &Input,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<(), GameError>;
+
+    /// Advances the match's clock: called by a ticker at or after `next_tick_at`.
+    fn tick(
+        &self,
+        _cx: &Cx<'_, Self::Config>,
+        _state: &mut Self::State,
+        _tick: Tick,
+        _out: &mut Vec<Outgoing>,
+    ) -> Result<(), GameError> {
+        Ok(())
+    }
+
+    /// The lifecycle word stored in `matches.status` and shown in the lobby.
+    fn status(&self, state: &Self::State) -> &'static str;
+
+    /// When the match next needs [`Game::tick`], if ever. A pure function of the state, so
+    /// every handler keeps the schedule right without thinking about it.
+    fn next_tick_at(&self, _state: &Self::State) -> Option<DateTime<Utc>> {
+        None
+    }
+}
+
+/// A new match, ready to be inserted.
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub config: Value,
+    pub state: Value,
+    pub status: &'static str,
+    pub next_tick_at: Option<DateTime<Utc>>,
+    pub out: Vec<Outgoing>,
+}
+
+/// The outcome of running a sequence of inputs (or a tick) on one match.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// The new state, status and schedule; `None` when nothing was applied.
+    pub next: Option<(Value, &'static str, Option<DateTime<Utc>>)>,
+    pub out: Vec<Outgoing>,
+    /// How many leading inputs were applied.
+    pub applied: usize,
+    /// The error of the input right after the applied ones, if processing stopped there.
+    pub error: Option<String>,
+}
+
+/// The type-erased game the engine runs: JSON in, JSON out, panics caught.
+pub trait DynGame: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn create(
+        &self,
+        match_id: MatchId,
+        raw_config: &Value,
+        now: DateTime<Utc>,
+    ) -> Result<Created, String>;
+    /// Applies `inputs` in order, stopping at the first that fails.
+    fn apply(
+        &self,
+        match_id: MatchId,
+        config: &Value,
+        state: &Value,
+        inputs: &[Input],
+        now: DateTime<Utc>,
+    ) -> Applied;
+    fn tick(&self, match_id: MatchId, config: &Value, state: &Value, tick: Tick) -> Applied;
+}
+
+impl<G: Game> DynGame for G {
+    fn name(&self) -> &'static str {
+        Game::name(self)
+    }
+
+    fn create(
+        &self,
+        match_id: MatchId,
+        raw_config: &Value,
+        now: DateTime<Utc>,
+    ) -> Result<Created, String> {
+        let config = self.config(raw_config)?;
+        let cx = Cx {
+            match_id,
+            config: &config,
+            now,
+        };
+        let mut out = Vec::new();
+        let state = catch_unwind(AssertUnwindSafe(|| Game::create(self, &cx, &mut out)))
+            .map_err(|p| format!("the game panicked creating the match: {}", panic_text(&p)))?;
+        Ok(Created {
+            config: to_json(&config)?,
+            state: to_json(&state)?,
+            status: self.status(&state),
+            next_tick_at: self.next_tick_at(&state),
+            out,
+        })
+    }
+
+    fn apply(
+        &self,
+        match_id: MatchId,
+        config: &Value,
+        state: &Value,
+        inputs: &[Input],
+        now: DateTime<Utc>,
+    ) -> Applied {
+        run_steps(
+            self,
+            match_id,
+            config,
+            state,
+            inputs.len(),
+            now,
+            |cx, s, i, out| self.handle(cx, s, &inputs[i], out),
+        )
+    }
+
+    fn tick(&self, match_id: MatchId, config: &Value, state: &Value, tick: Tick) -> Applied {
+        run_steps(
+            self,
+            match_id,
+            config,
+            state,
+            1,
+            tick.now,
+            |cx, s, _, out| Game::tick(self, cx, s, tick, out),
+        )
+    }
+}
+
+/// Deserialises once, runs `n` steps (each on a copy, so a failing step leaves no trace),
+/// serialises once.
+fn run_steps<G: Game>(
+    game: &G,
+    match_id: MatchId,
+    config: &Value,
+    state: &Value,
+    n: usize,
+    now: DateTime<Utc>,
+    step: impl Fn(&Cx<'_, G::Config>, &mut G::State, usize, &mut Vec<Outgoing>) -> Result<(), GameError>,
+) -> Applied {
+    let failed = |error: String| Applied {
+        next: None,
+        out: Vec::new(),
+        applied: 0,
+        error: Some(error),
+    };
+    let config: G::Config = match serde_json::from_value(config.clone()) {
+        Ok(c) => c,
+        Err(e) => return failed(format!("stored config does not parse: {e}")),
+    };
+    let mut current: G::State = match serde_json::from_value(state.clone()) {
+        Ok(s) => s,
+        Err(e) => return failed(format!("stored state does not parse: {e}")),
+    };
+    let cx = Cx {
+        match_id,
+        config: &config,
+        now,
+    };
+    let mut out = Vec::new();
+    let mut applied = 0;
+    let mut error = None;
+    for i in 0..n {
+        let mut next = current.clone();
+        let mut step_out = Vec::new();
+        let result = catch_unwind(AssertUnwindSafe(|| step(&cx, &mut next, i, &mut step_out)));
+        match result {
+            Ok(Ok(())) => {
+                current = next;
+                out.append(&mut step_out);
+                applied += 1;
+            }
+            Ok(Err(e)) => {
+                error = Some(format!("{e:#}"));
+                break;
+            }
+            Err(panic) => {
+                error = Some(format!("handler panicked: {}", panic_text(&panic)));
+                break;
+            }
+        }
+    }
+    if applied == 0 {
+        return Applied {
+            next: None,
+            out,
+            applied,
+            error,
+        };
+    }
+    match to_json(&current) {
+        Ok(json) => Applied {
+            next: Some((json, game.status(&current), game.next_tick_at(&current))),
+            out,
+            applied,
+            error,
+        },
+        Err(e) => failed(e),
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<Value, String> {
+    serde_json::to_value(value).map_err(|e| format!("state does not serialise: {e}"))
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_owned()
+    }
+}
+
+/// The games a binary serves, by name.
+#[derive(Clone, Default)]
+pub struct Registry {
+    games: HashMap<&'static str, Arc<dyn DynGame>>,
+}
+
+impl Registry {
+    /// An empty registry; see [`Registry::builtin`] for the stock games.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The games the stock binary ships.
+    pub fn builtin() -> Self {
+        Self::new().with(tictactoe::TicTacToe)
+    }
+
+    /// Adds (or replaces) a game.
+    pub fn with(mut self, game: impl DynGame + 'static) -> Self {
+        self.games.insert(game.name(), Arc::new(game));
+        self
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn DynGame>> {
+        self.games.get(name)
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut names: Vec<_> = self.games.keys().copied().collect();
+        names.sort_unstable();
+        names
+    }
+}

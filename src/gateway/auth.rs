@@ -1,0 +1,230 @@
+//! Tokens and capabilities. Tokens are HS256 JWTs with `sub`, `exp` and optional `caps`
+//! (channel pattern → operations). Without `caps` the defaults of the wire contract apply.
+//! Two rules hold whatever a token says: nobody subscribes to (or reads) a `control:`
+//! channel, and only `<id>` itself subscribes to `user:<id>`.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, Utc};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{Channel, ChannelKind, ClientId};
+
+/// An operation a capability grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cap {
+    Publish,
+    Subscribe,
+    History,
+    Presence,
+}
+
+/// The claims of a postgame token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub exp: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caps: Option<BTreeMap<String, Vec<Cap>>>,
+    /// Display name (guests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// An authenticated client.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub client: ClientId,
+    pub name: Option<String>,
+    caps: Option<Vec<(String, Vec<Cap>)>>,
+}
+
+impl Identity {
+    /// Whether this client may do `cap` on `channel`.
+    pub fn can(&self, cap: Cap, channel: &Channel) -> bool {
+        match (channel.kind(), cap) {
+            (ChannelKind::Control(_), Cap::Subscribe | Cap::History | Cap::Presence) => {
+                return false
+            }
+            (ChannelKind::User(owner), Cap::Subscribe | Cap::History | Cap::Presence)
+                if owner != &self.client =>
+            {
+                return false
+            }
+            _ => {}
+        }
+        match &self.caps {
+            Some(caps) => caps
+                .iter()
+                .any(|(pattern, ops)| ops.contains(&cap) && glob_match(pattern, channel.as_str())),
+            None => match (channel.kind(), cap) {
+                (ChannelKind::Control(_), Cap::Publish) => true,
+                (ChannelKind::Match(_) | ChannelKind::Lobby, Cap::Subscribe | Cap::History) => true,
+                (ChannelKind::User(owner), Cap::Subscribe) => owner == &self.client,
+                _ => false,
+            },
+        }
+    }
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    // Classic two-pointer wildcard match with backtracking to the last star.
+    let (mut pi, mut ti) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while ti < t.len() {
+        if pi < p.len() && p[pi] != '*' && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+/// Why a token was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("a token is required")]
+    Missing,
+    #[error("the token is expired")]
+    Expired,
+    #[error("the token is invalid")]
+    Invalid,
+}
+
+/// Signs and checks tokens with the server secret.
+#[derive(Clone)]
+pub struct Auth {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl Auth {
+    pub fn new(secret: &str) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 5;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Self {
+            encoding: EncodingKey::from_secret(secret.as_bytes()),
+            decoding: DecodingKey::from_secret(secret.as_bytes()),
+            validation,
+        }
+    }
+
+    /// Checks a token and returns who it names.
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                _ => AuthError::Invalid,
+            })?;
+        let claims = data.claims;
+        let client = ClientId::parse(&claims.sub).ok_or(AuthError::Invalid)?;
+        Ok(Identity {
+            client,
+            name: claims.name,
+            caps: claims.caps.map(|c| c.into_iter().collect()),
+        })
+    }
+
+    /// Signs a token.
+    pub fn sign(&self, claims: &Claims) -> String {
+        // HS256 signing of a serialisable struct cannot fail.
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
+            .expect("HS256 signing does not fail")
+    }
+
+    /// A token for `sub` valid for `ttl`, with optional capabilities.
+    pub fn issue(
+        &self,
+        sub: &str,
+        name: Option<String>,
+        caps: Option<BTreeMap<String, Vec<Cap>>>,
+        ttl: Duration,
+    ) -> (String, DateTime<Utc>) {
+        let expires_at = Utc::now() + ttl;
+        let token = self.sign(&Claims {
+            sub: sub.to_owned(),
+            exp: expires_at.timestamp(),
+            caps,
+            name,
+        });
+        (token, expires_at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ch(s: &str) -> Channel {
+        Channel::parse(s).unwrap()
+    }
+
+    const M: &str = "0b6a1d4e-1d7e-4a8e-9a39-3f1b7c0c9d11";
+
+    #[test]
+    fn default_capabilities_follow_the_contract() {
+        let auth = Auth::new("s");
+        let (token, _) = auth.issue("alice", None, None, Duration::minutes(5));
+        let me = auth.verify(&token).unwrap();
+        assert!(me.can(Cap::Publish, &ch(&format!("control:{M}"))));
+        assert!(!me.can(Cap::Subscribe, &ch(&format!("control:{M}"))));
+        assert!(me.can(Cap::Subscribe, &ch(&format!("match:{M}"))));
+        assert!(me.can(Cap::History, &ch(&format!("match:{M}"))));
+        assert!(!me.can(Cap::Publish, &ch(&format!("match:{M}"))));
+        assert!(me.can(Cap::Subscribe, &ch("lobby")));
+        assert!(me.can(Cap::Subscribe, &ch("user:alice")));
+        assert!(!me.can(Cap::Subscribe, &ch("user:bob")));
+        assert!(!me.can(Cap::Subscribe, &ch("news")));
+    }
+
+    #[test]
+    fn explicit_capabilities_never_open_control_or_other_users() {
+        let auth = Auth::new("s");
+        let caps = BTreeMap::from([(
+            "*".to_owned(),
+            vec![Cap::Publish, Cap::Subscribe, Cap::History],
+        )]);
+        let (token, _) = auth.issue("admin", None, Some(caps), Duration::minutes(5));
+        let admin = auth.verify(&token).unwrap();
+        assert!(admin.can(Cap::Publish, &ch(&format!("match:{M}"))));
+        assert!(admin.can(Cap::Subscribe, &ch("news")));
+        assert!(!admin.can(Cap::Subscribe, &ch(&format!("control:{M}"))));
+        assert!(!admin.can(Cap::Subscribe, &ch("user:bob")));
+    }
+
+    #[test]
+    fn bad_and_expired_tokens_are_refused() {
+        let auth = Auth::new("s");
+        assert!(matches!(auth.verify("nope"), Err(AuthError::Invalid)));
+        let (other, _) = Auth::new("t").issue("a", None, None, Duration::minutes(5));
+        assert!(matches!(auth.verify(&other), Err(AuthError::Invalid)));
+        let (old, _) = auth.issue("a", None, None, Duration::minutes(-5));
+        assert!(matches!(auth.verify(&old), Err(AuthError::Expired)));
+    }
+
+    #[test]
+    fn globs_match_stars_anywhere() {
+        assert!(glob_match("match:*", "match:abc"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("a*c*e", "abcde"));
+        assert!(!glob_match("match:*", "matc:abc"));
+        assert!(!glob_match("a*c", "abcd"));
+    }
+}

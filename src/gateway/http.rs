@@ -1,0 +1,283 @@
+//! The HTTP API of the wire contract: matches, channel publish and history, guest tokens,
+//! health, readiness and metrics. Bodies are parsed into typed values at the edge; every
+//! refusal is a JSON `{"code", "message"}` with the matching status.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::auth::{AuthError, Cap, Identity};
+use super::error::ApiError;
+use super::{prepare_publish, AppState};
+use crate::broadcast::history_read;
+use crate::ids::{Channel, ChannelKind, MatchId};
+use crate::matches::{match_create, match_get, match_list, CreateError};
+use crate::queue::publisher::PublishError;
+
+/// The token of a request: `Authorization: Bearer …` or `?token=…`.
+pub fn request_token(parts: &Parts) -> Option<String> {
+    if let Some(v) = parts.headers.get(header::AUTHORIZATION) {
+        if let Some(t) = v.to_str().ok().and_then(|s| s.strip_prefix("Bearer ")) {
+            return Some(t.trim().to_owned());
+        }
+    }
+    parts.uri.query().and_then(|q| {
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == "token")
+            .map(|(_, v)| v.to_owned())
+    })
+}
+
+/// An authenticated caller.
+pub struct Authed(pub Identity);
+
+impl FromRequestParts<Arc<AppState>> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let token = request_token(parts).ok_or(AuthError::Missing);
+        token
+            .and_then(|t| app.auth.verify(&t))
+            .map(Authed)
+            .map_err(|e| ApiError::unauthorized(e.to_string()))
+    }
+}
+
+/// A JSON body, refused with a `bad_request` that says what is wrong (or `too_large`).
+pub struct Body<T>(pub T);
+
+impl<T: DeserializeOwned> Body<T> {
+    fn parse(bytes: &[u8]) -> Result<Self, ApiError> {
+        let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}".as_slice()
+        } else {
+            bytes
+        };
+        serde_json::from_slice(bytes)
+            .map(Body)
+            .map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))
+    }
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::Client(super::error::Code::TooLarge, "body too large".into())
+            } else {
+                ApiError::bad_request(e.body_text())
+            }
+        })?;
+        Self::parse(&bytes)
+    }
+}
+
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
+    match crate::store::migrations_current(&app.pool).await {
+        Ok(true) => (StatusCode::OK, "ready").into_response(),
+        Ok(false) => (StatusCode::SERVICE_UNAVAILABLE, "migrations not applied").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unreachable").into_response()
+        }
+    }
+}
+
+pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
+    match &app.metrics {
+        Some(h) => h.render().into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics are not enabled").into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBody {
+    name: Option<String>,
+}
+
+pub async fn token_create(
+    State(app): State<Arc<AppState>>,
+    Body(body): Body<TokenBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    if !app.config.allow_guests {
+        return Err(ApiError::forbidden(
+            "guest tokens are disabled on this server",
+        ));
+    }
+    let name = match body.name {
+        Some(n) if n.chars().count() > 64 || n.chars().any(char::is_control) => {
+            return Err(ApiError::bad_request(
+                "`name` has at most 64 characters and no control characters",
+            ))
+        }
+        n => n,
+    };
+    let client_id = format!("guest-{}", uuid::Uuid::new_v4().simple());
+    let (token, expires_at) = app
+        .auth
+        .issue(&client_id, name, None, app.config.guest_token_ttl);
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "token": token, "client_id": client_id, "expires_at": expires_at })),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateMatchBody {
+    game: String,
+    #[serde(default)]
+    config: Value,
+}
+
+pub async fn match_create_handler(
+    State(app): State<Arc<AppState>>,
+    Authed(_me): Authed,
+    Body(body): Body<CreateMatchBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let game = app.games.get(&body.game).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "unknown game {:?}; this server has {:?}",
+            body.game,
+            app.games.names()
+        ))
+    })?;
+    let (info, heads) = match_create(&app.pool, game.as_ref(), &body.config)
+        .await
+        .map_err(|e| match e {
+            CreateError::BadConfig(m) => ApiError::bad_request(format!("bad config: {m}")),
+            CreateError::Db(e) => e.into(),
+        })?;
+    app.notifier.heads(&heads);
+    metrics::counter!("postgame_matches_created_total").increment(1);
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    game: Option<String>,
+    status: Option<String>,
+    limit: Option<i64>,
+}
+
+pub async fn match_list_handler(
+    State(app): State<Arc<AppState>>,
+    Authed(_me): Authed,
+    Query(q): Query<ListQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("`limit` is between 1 and 1000"));
+    }
+    let matches = match_list(&app.pool, q.game.as_deref(), q.status.as_deref(), limit).await?;
+    Ok(Json(json!({ "matches": matches })))
+}
+
+pub async fn match_get_handler(
+    State(app): State<Arc<AppState>>,
+    Authed(_me): Authed,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let id = MatchId::parse(&id).ok_or_else(|| ApiError::not_found("no such match"))?;
+    let mut info = match_get(&app.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such match"))?;
+    info.state.get_or_insert(Value::Null);
+    Ok(Json(info))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishBody {
+    name: String,
+    #[serde(default)]
+    data: Value,
+    key: Option<String>,
+}
+
+pub async fn channel_publish_handler(
+    State(app): State<Arc<AppState>>,
+    Authed(me): Authed,
+    Path(channel): Path<String>,
+    Body(body): Body<PublishBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let req = prepare_publish(&me, &channel, body.name, body.data, body.key)?;
+    // One client's HTTP publishes share a shard, so they keep their order too.
+    let mut h = DefaultHasher::new();
+    me.client.hash(&mut h);
+    let ack = app
+        .publisher
+        .publish(h.finish(), req)
+        .await
+        .map_err(|e| match e {
+            PublishError::MatchNotFound => ApiError::not_found("no such match"),
+            e => ApiError::Internal(e.into()),
+        })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "channel": channel, "msg_id": ack.msg_id, "duplicate": ack.duplicate })),
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct HistoryQuery {
+    since: Option<i64>,
+    limit: Option<i64>,
+}
+
+pub async fn channel_history_handler(
+    State(app): State<Arc<AppState>>,
+    Authed(me): Authed,
+    Path(channel): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let channel = Channel::parse(&channel).map_err(ApiError::bad_request)?;
+    if !me.can(Cap::History, &channel) {
+        return Err(ApiError::forbidden(
+            "not allowed to read this channel's history",
+        ));
+    }
+    let since = q.since.unwrap_or(0);
+    let limit = q.limit.unwrap_or(100);
+    if since < 0 {
+        return Err(ApiError::bad_request("`since` is a non-negative integer"));
+    }
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("`limit` is between 1 and 1000"));
+    }
+    if let ChannelKind::Match(m) = channel.kind() {
+        if !crate::matches::match_exists(&app.pool, *m).await? {
+            return Err(ApiError::not_found("no such match"));
+        }
+    }
+    let rows = history_read(&app.pool, channel.as_str(), since, limit).await?;
+    let messages: Vec<Value> = rows
+        .into_iter()
+        .map(|m| {
+            let data: Value = serde_json::from_str(&m.data).unwrap_or(Value::Null);
+            json!({ "seq": m.seq, "name": m.name, "data": data, "ts": m.ts })
+        })
+        .collect();
+    Ok(Json(json!({ "messages": messages })))
+}

@@ -1,0 +1,175 @@
+//! The gateway role: axum HTTP and WebSocket. It authenticates, checks capabilities,
+//! hands publishes to the group-committing publisher, serves history, and fans broadcasts
+//! out through the hub. It holds no game state: any gateway serves any client.
+
+pub mod auth;
+pub mod error;
+pub mod frames;
+pub mod http;
+pub mod ws;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, State, WebSocketUpgrade};
+use axum::http::request::Parts;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use self::auth::{Auth, AuthError, Cap, Identity};
+use self::error::{ApiError, Code};
+use crate::broadcast::hub::Hub;
+use crate::broadcast::notify::Notifier;
+use crate::game::Registry;
+use crate::ids::Channel;
+use crate::queue::publisher::{PublishRequest, Publisher};
+
+/// Settings of the gateway.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub heartbeat: Duration,
+    pub max_frame_bytes: usize,
+    pub outbox_frames: usize,
+    pub allow_guests: bool,
+    pub guest_token_ttl: chrono::Duration,
+}
+
+/// Everything a request handler needs.
+pub struct AppState {
+    pub pool: PgPool,
+    pub auth: Auth,
+    pub games: Registry,
+    pub publisher: Publisher,
+    pub hub: Arc<Hub>,
+    pub notifier: Arc<Notifier>,
+    pub config: GatewayConfig,
+    /// Distinguishes this process's connection ids from other gateways'.
+    pub instance: String,
+    pub next_conn: AtomicU64,
+    /// Cancelled at shutdown: sessions close with 1001.
+    pub stop: CancellationToken,
+    pub sessions: tokio_util::task::TaskTracker,
+    pub metrics: Option<PrometheusHandle>,
+}
+
+/// Longest event name.
+const MAX_NAME: usize = 128;
+/// Longest idempotency key.
+const MAX_KEY: usize = 200;
+
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(has_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
+/// Checks a publish (WebSocket or HTTP alike) and turns it into a request.
+pub fn prepare_publish(
+    me: &Identity,
+    channel: &str,
+    name: String,
+    data: Value,
+    key: Option<String>,
+) -> Result<PublishRequest, ApiError> {
+    let channel = Channel::parse(channel).map_err(ApiError::bad_request)?;
+    if !me.can(Cap::Publish, &channel) {
+        return Err(ApiError::forbidden(
+            "not allowed to publish on this channel",
+        ));
+    }
+    if name.is_empty() || name.chars().count() > MAX_NAME || name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!(
+            "`name` has 1 to {MAX_NAME} characters and no control characters"
+        )));
+    }
+    if name.starts_with('$') {
+        return Err(ApiError::bad_request(
+            "names starting with `$` are reserved",
+        ));
+    }
+    if let Some(k) = &key {
+        if k.is_empty() || k.len() > MAX_KEY {
+            return Err(ApiError::bad_request(format!(
+                "`key` has 1 to {MAX_KEY} bytes"
+            )));
+        }
+    }
+    if has_nul(&data) {
+        return Err(ApiError::bad_request(
+            "`data` may not contain the NUL character (\\u0000)",
+        ));
+    }
+    Ok(PublishRequest {
+        client: Some(me.client.clone()),
+        channel,
+        name,
+        data,
+        key,
+    })
+}
+
+async fn ws_handler(
+    State(app): State<Arc<AppState>>,
+    parts: Parts,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let identity: Result<Identity, AuthError> = http::request_token(&parts)
+        .ok_or(AuthError::Missing)
+        .and_then(|t| app.auth.verify(&t));
+    // The transport limit is twice the contract's, so a frame just over it is answered
+    // with `too_large` and a clean 1009 by the session rather than a torn connection.
+    let limit = app.config.max_frame_bytes.saturating_mul(2).max(1024);
+    let sessions = app.sessions.clone();
+    ws.read_buffer_size(4096)
+        .write_buffer_size(4096)
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| {
+            sessions.track_future(async move {
+                use futures_util::StreamExt;
+                let (sink, stream) = socket.split();
+                ws::run(app, identity, sink, stream).await;
+            })
+        })
+}
+
+/// Returns 400 `bad_request` JSON for unknown routes' siblings: a 404 in our format.
+async fn not_found() -> ApiError {
+    ApiError::Client(Code::NotFound, "no such endpoint".into())
+}
+
+/// The gateway's routes.
+pub fn router(app: Arc<AppState>) -> Router {
+    let body_limit = app.config.max_frame_bytes;
+    Router::new()
+        .route("/v1/ws", get(ws_handler))
+        .route("/v1/tokens", post(http::token_create))
+        .route(
+            "/v1/matches",
+            post(http::match_create_handler).get(http::match_list_handler),
+        )
+        .route("/v1/matches/{id}", get(http::match_get_handler))
+        .route(
+            "/v1/channels/{channel}/messages",
+            post(http::channel_publish_handler),
+        )
+        .route(
+            "/v1/channels/{channel}/history",
+            get(http::channel_history_handler),
+        )
+        .route("/healthz", get(http::healthz))
+        .route("/readyz", get(http::readyz))
+        .route("/metrics", get(http::metrics))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(app)
+}

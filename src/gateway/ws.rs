@@ -1,0 +1,435 @@
+//! A WebSocket session: the reader handles requests, a writer task owns the socket's
+//! sending half and drains a bounded outbox, batching every queued frame into one flush.
+//! The session is generic over `Sink`/`Stream`, so it runs on anything that moves axum
+//! `Message`s. Closing always goes through the writer, after the frames queued before it.
+
+use std::collections::{HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use chrono::{SecondsFormat, Utc};
+use futures_util::stream::FuturesOrdered;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+
+use super::auth::{AuthError, Cap, Identity};
+use super::error::Code;
+use super::frames::{self, Request};
+use super::{prepare_publish, AppState};
+use crate::broadcast::channel_position;
+use crate::broadcast::hub::Outbox;
+use crate::game::{PRESENCE_CONNECTED, PRESENCE_DISCONNECTED};
+use crate::ids::{Channel, ChannelKind, MatchId};
+use crate::matches::match_exists;
+use crate::queue::publisher::{PublishError, PublishRequest};
+
+/// Close codes of the wire contract.
+pub mod close {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const TOO_LARGE: u16 = 1009;
+    pub const INTERNAL: u16 = 1011;
+    pub const PROTOCOL: u16 = 4000;
+    pub const UNAUTHORIZED: u16 = 4001;
+    pub const FORBIDDEN: u16 = 4003;
+    pub const TOO_SLOW: u16 = 4008;
+}
+
+/// Publishes awaiting their commit per connection before the session stops reading.
+const MAX_IN_FLIGHT: usize = 64;
+/// Subscriptions one connection may hold.
+const MAX_SUBSCRIPTIONS: usize = 256;
+/// Protocol violations tolerated per minute.
+const MAX_VIOLATIONS: usize = 10;
+
+/// The close the writer must perform once it has sent what was queued before.
+#[derive(Default)]
+struct Closer {
+    frame: Mutex<Option<(u16, String)>>,
+    notify: Notify,
+}
+
+impl Closer {
+    fn close(&self, code: u16, reason: &str) {
+        let mut slot = self.frame.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some((code, reason.to_owned()));
+        }
+        drop(slot);
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> Option<(u16, String)> {
+        self.frame.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+async fn write_loop<S>(
+    mut sink: S,
+    mut rx: mpsc::Receiver<Utf8Bytes>,
+    closer: Arc<Closer>,
+    heartbeat: Duration,
+) where
+    S: Sink<Message> + Unpin,
+{
+    let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+    loop {
+        tokio::select! {
+            biased;
+            frame = rx.recv() => {
+                let Some(frame) = frame else { break };
+                if sink.feed(Message::Text(frame)).await.is_err() {
+                    return;
+                }
+                // Everything queued meanwhile goes out in the same flush.
+                let mut n = 0;
+                while n < 256 {
+                    match rx.try_recv() {
+                        Ok(f) => {
+                            if sink.feed(Message::Text(f)).await.is_err() {
+                                return;
+                            }
+                            n += 1;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    return;
+                }
+            }
+            _ = closer.notify.notified() => break,
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    // Send what was queued before the close (bounded by the outbox and a deadline).
+    let (code, reason) = closer.take().unwrap_or((close::NORMAL, String::new()));
+    let drain = async {
+        while let Ok(f) = rx.try_recv() {
+            sink.feed(Message::Text(f)).await.map_err(|_| ())?;
+        }
+        sink.send(Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })))
+        .await
+        .map_err(|_| ())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+}
+
+type Pending = Pin<Box<dyn Future<Output = String> + Send>>;
+
+struct Session {
+    app: Arc<AppState>,
+    me: Identity,
+    conn: u64,
+    connection_id: String,
+    outbox: Outbox,
+    closer: Arc<Closer>,
+    subs: HashSet<String>,
+    violations: VecDeque<Instant>,
+    pending: FuturesOrdered<Pending>,
+}
+
+/// Runs one connection to its end.
+pub async fn run<S, R, E>(
+    app: Arc<AppState>,
+    identity: Result<Identity, AuthError>,
+    sink: S,
+    mut stream: R,
+) where
+    S: Sink<Message> + Unpin + Send + 'static,
+    R: Stream<Item = Result<Message, E>> + Unpin + Send,
+    E: std::fmt::Display,
+{
+    let conn = app.next_conn.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = mpsc::channel(app.config.outbox_frames.max(8));
+    let overflow = Arc::new(Notify::new());
+    let closer = Arc::new(Closer::default());
+    let outbox = Outbox::new(conn, tx, Arc::clone(&overflow));
+    let writer = tokio::spawn(write_loop(
+        sink,
+        rx,
+        Arc::clone(&closer),
+        app.config.heartbeat,
+    ));
+
+    let me = match identity {
+        Ok(me) => me,
+        Err(e) => {
+            outbox.push(frames::error(&None, Code::Unauthorized, &e.to_string()).into());
+            closer.close(close::UNAUTHORIZED, "unauthorized");
+            drop(outbox);
+            let _ = writer.await;
+            return;
+        }
+    };
+    metrics::gauge!("postgame_connections").increment(1.0);
+    let connection_id = format!("{}-{conn}", app.instance);
+    outbox.push(
+        json!({
+            "op": "connected",
+            "client_id": me.client,
+            "connection_id": connection_id,
+            "server_time": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+            "heartbeat_s": app.config.heartbeat.as_secs(),
+            "max_frame_bytes": app.config.max_frame_bytes,
+        })
+        .to_string()
+        .into(),
+    );
+    let mut s = Session {
+        app: Arc::clone(&app),
+        me,
+        conn,
+        connection_id,
+        outbox,
+        closer: Arc::clone(&closer),
+        subs: HashSet::new(),
+        violations: VecDeque::new(),
+        pending: FuturesOrdered::new(),
+    };
+    let idle = app.config.heartbeat * 2;
+    let mut deadline = Instant::now() + idle;
+    loop {
+        tokio::select! {
+            biased;
+            _ = app.stop.cancelled() => {
+                s.closer.close(close::GOING_AWAY, "server shutting down");
+                break;
+            }
+            _ = overflow.notified() => {
+                s.closer.close(close::TOO_SLOW, "too slow to read");
+                break;
+            }
+            Some(reply) = s.pending.next(), if !s.pending.is_empty() => {
+                s.outbox.push(reply.into());
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                s.closer.close(close::TOO_SLOW, "no heartbeat");
+                break;
+            }
+            msg = stream.next(), if s.pending.len() < MAX_IN_FLIGHT => {
+                deadline = Instant::now() + idle;
+                match msg {
+                    None => break,
+                    Some(Err(e)) => {
+                        let text = e.to_string();
+                        if text.contains("too long") || text.contains("too big") || text.contains("Space limit") {
+                            s.outbox.push(frames::error(&None, Code::TooLarge, "frame too large").into());
+                            s.closer.close(close::TOO_LARGE, "frame too large");
+                        }
+                        break;
+                    }
+                    Some(Ok(Message::Text(text))) => {
+                        if !s.on_text(text.as_str()).await {
+                            break;
+                        }
+                    }
+                    Some(Ok(Message::Binary(b))) => {
+                        if b.len() > app.config.max_frame_bytes {
+                            s.too_large();
+                            break;
+                        }
+                        if !s.violation(None, "binary frames are not supported; send JSON text") {
+                            break;
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) => break,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                }
+            }
+        }
+    }
+    // Answer what was already accepted, then leave every channel.
+    while let Ok(Some(reply)) = tokio::time::timeout(Duration::from_secs(5), s.pending.next()).await
+    {
+        s.outbox.push(reply.into());
+    }
+    let subs: Vec<String> = s.subs.drain().collect();
+    for channel in subs {
+        s.leave(&channel).await;
+    }
+    metrics::gauge!("postgame_connections").decrement(1.0);
+    s.closer.close(close::NORMAL, "");
+    drop(s);
+    let _ = writer.await;
+}
+
+impl Session {
+    fn reply(&self, frame: String) {
+        self.outbox.push(frame.into());
+    }
+
+    fn fail(&self, id: &Option<Value>, code: Code, message: &str) {
+        self.reply(frames::error(id, code, message));
+    }
+
+    fn too_large(&self) {
+        self.fail(&None, Code::TooLarge, "frame too large");
+        self.closer.close(close::TOO_LARGE, "frame too large");
+    }
+
+    /// Answers a protocol violation; false when there were too many and the connection
+    /// must close.
+    fn violation(&mut self, id: Option<Value>, message: &str) -> bool {
+        self.fail(&id, Code::BadRequest, message);
+        let now = Instant::now();
+        while self
+            .violations
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60))
+        {
+            self.violations.pop_front();
+        }
+        self.violations.push_back(now);
+        if self.violations.len() > MAX_VIOLATIONS {
+            self.closer
+                .close(close::PROTOCOL, "too many protocol violations");
+            return false;
+        }
+        true
+    }
+
+    /// Handles a text frame; false when the connection must close.
+    async fn on_text(&mut self, text: &str) -> bool {
+        if text.len() > self.app.config.max_frame_bytes {
+            self.too_large();
+            return false;
+        }
+        let frame = match frames::parse(text) {
+            Ok(f) => f,
+            Err(r) => return self.violation(r.id, &r.message),
+        };
+        let id = frame.id;
+        match frame.request {
+            Request::Ping => self.reply(frames::pong(&id)),
+            Request::Subscribe { channel, since } => self.subscribe(id, &channel, since).await,
+            Request::Unsubscribe { channel } => {
+                if self.subs.remove(&channel) {
+                    self.leave(&channel).await;
+                }
+                self.reply(frames::unsubscribed(&id, &channel));
+            }
+            Request::Publish {
+                channel,
+                name,
+                data,
+                key,
+            } => match prepare_publish(&self.me, &channel, name, data, key) {
+                Err(e) => {
+                    let (code, message) = e.public();
+                    self.fail(&id, code, &message);
+                }
+                Ok(req) => {
+                    let channel = req.channel.as_str().to_owned();
+                    let ack = self.app.publisher.submit(self.conn, req).await;
+                    self.pending.push_back(Box::pin(async move {
+                        match ack.await {
+                            Ok(a) => frames::ack(&id, &channel, a.msg_id, a.duplicate),
+                            Err(PublishError::MatchNotFound) => {
+                                frames::error(&id, Code::NotFound, "no such match")
+                            }
+                            Err(e) => frames::error(&id, Code::Internal, &e.to_string()),
+                        }
+                    }));
+                }
+            },
+        }
+        true
+    }
+
+    async fn subscribe(&mut self, id: Option<Value>, name: &str, since: Option<i64>) {
+        let channel = match Channel::parse(name) {
+            Ok(c) => c,
+            Err(e) => return self.fail(&id, Code::BadRequest, &e),
+        };
+        if !self.me.can(Cap::Subscribe, &channel) {
+            return self.fail(
+                &id,
+                Code::Forbidden,
+                "not allowed to subscribe to this channel",
+            );
+        }
+        if self.subs.contains(name) {
+            return self.fail(&id, Code::BadRequest, "already subscribed");
+        }
+        if self.subs.len() >= MAX_SUBSCRIPTIONS {
+            return self.fail(&id, Code::BadRequest, "too many subscriptions");
+        }
+        let pool = &self.app.pool;
+        if let ChannelKind::Match(m) = channel.kind() {
+            match match_exists(pool, *m).await {
+                Ok(true) => {}
+                Ok(false) => return self.fail(&id, Code::NotFound, "no such match"),
+                Err(e) => return self.internal(&id, e.into()),
+            }
+        }
+        let pos = match channel_position(pool, name).await {
+            Ok(p) => p,
+            Err(e) => return self.internal(&id, e.into()),
+        };
+        let (cursor, recovered) = match since {
+            None => (pos.head, true),
+            Some(s) if s > pos.head => (pos.head, false),
+            Some(s) => (s, s >= pos.head || pos.oldest.is_some_and(|o| o <= s + 1)),
+        };
+        let first = frames::subscribed(&id, name, pos.head, recovered);
+        if !self
+            .app
+            .hub
+            .subscribe(name, self.outbox.clone(), cursor, pos.head, first.into())
+        {
+            return;
+        }
+        self.subs.insert(name.to_owned());
+        if let ChannelKind::Match(m) = channel.kind() {
+            self.presence(*m, PRESENCE_CONNECTED).await;
+        }
+    }
+
+    fn internal(&self, id: &Option<Value>, e: anyhow::Error) {
+        let (code, message) = super::error::ApiError::Internal(e).public();
+        self.fail(id, code, &message);
+    }
+
+    /// Stops delivering `channel` and tells its match, if it is one.
+    async fn leave(&mut self, channel: &str) {
+        self.app.hub.unsubscribe(channel, self.conn);
+        if let Ok(c) = Channel::parse(channel) {
+            if let ChannelKind::Match(m) = c.kind() {
+                self.presence(*m, PRESENCE_DISCONNECTED).await;
+            }
+        }
+    }
+
+    /// Enqueues a presence change into the match's control queue (fire and forget: the
+    /// commit happens in the background; a failure is logged).
+    async fn presence(&mut self, m: MatchId, name: &str) {
+        let req = PublishRequest {
+            client: Some(self.me.client.clone()),
+            channel: Channel::parse(&format!("control:{m}")).expect("a match id makes a channel"),
+            name: name.to_owned(),
+            data: json!({ "connection": self.connection_id }),
+            key: None,
+        };
+        let ack = self.app.publisher.submit(self.conn, req).await;
+        tokio::spawn(async move {
+            if let Err(e) = ack.await {
+                tracing::debug!(error = %e, "presence not recorded");
+            }
+        });
+    }
+}

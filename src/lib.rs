@@ -1,0 +1,220 @@
+//! postgame: a realtime backend for multiplayer games that needs nothing but PostgreSQL.
+//!
+//! Map of the crate:
+//! - [`config`]: the command line and environment, read once.
+//! - [`store`]: connecting, creating the database, migrations.
+//! - [`ids`]: identifier newtypes (`MatchId`, `ClientId`, `Channel`).
+//! - [`game`]: the [`game::Game`] trait and the built-in games.
+//! - [`matches`]: the match store (create, read, load and save in a transaction).
+//! - [`queue`]: the durable control queue and the gateway's group-committing publisher.
+//! - [`worker`]: applies control messages to match state, exactly once, in order.
+//! - [`broadcast`]: the message log, NOTIFY/LISTEN wake-ups, fan-out, retention.
+//! - [`gateway`]: HTTP and WebSocket.
+//!
+//! [`start`] runs the roles of one process; `main.rs` only parses flags and waits for a
+//! signal.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod broadcast;
+pub mod config;
+pub mod game;
+pub mod gateway;
+pub mod ids;
+pub mod matches;
+pub mod queue;
+pub mod store;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broadcast::hub::Hub;
+use crate::broadcast::notify::Notifier;
+use crate::broadcast::{listen, prune};
+use crate::config::{Role, ServeConfig, DEV_SECRET};
+use crate::game::Registry;
+use crate::gateway::auth::Auth;
+use crate::gateway::{AppState, GatewayConfig};
+use crate::queue::publisher::Publisher;
+use crate::worker::{Worker, WorkerConfig};
+
+/// The process-wide Prometheus recorder (installed once, shared by every server in the
+/// process, e.g. in tests).
+fn metrics_handle() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
+        .clone()
+}
+
+/// A running server: its address (when it runs the gateway) and its stop.
+pub struct Server {
+    pub addr: Option<SocketAddr>,
+    pub pool: PgPool,
+    stop: CancellationToken,
+    publisher_stop: CancellationToken,
+    tasks: TaskTracker,
+    sessions: TaskTracker,
+}
+
+impl Server {
+    /// Graceful shutdown: sessions close with 1001 after answering what they accepted,
+    /// publishers commit what is queued, workers finish their batch.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        self.sessions.close();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.sessions.wait()).await;
+        self.publisher_stop.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(10), self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some tasks did not stop within 10 s");
+        }
+        self.pool.close().await;
+    }
+
+    /// A token that is cancelled when shutdown begins.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+}
+
+/// Connects, migrates and starts the configured roles. `listener` is required when the
+/// gateway role runs (only `main` and tests bind ports).
+pub async fn start(
+    config: ServeConfig,
+    games: Registry,
+    listener: Option<TcpListener>,
+) -> anyhow::Result<Server> {
+    if config.secret == DEV_SECRET && config.runs(Role::Gateway) {
+        tracing::warn!(
+            "!!! POSTGAME_SECRET is not set: tokens are signed with the public development \
+             secret. Anyone can forge them. Set POSTGAME_SECRET before exposing this server. !!!"
+        );
+    }
+    store::database_ensure(&config.db.database_url).await?;
+    // Workers, publishers, the hub, the notifier and the listener all share this pool.
+    let roles: Vec<&str> = [
+        (Role::Gateway, "gateway"),
+        (Role::Worker, "worker"),
+        (Role::Ticker, "ticker"),
+    ]
+    .into_iter()
+    .filter(|(r, _)| config.runs(*r))
+    .map(|(_, n)| n)
+    .collect();
+    let app_name = format!("postgame {}", roles.join("+"));
+    let pool =
+        store::pool_connect(&config.db.database_url, config.db_connections, &app_name).await?;
+    store::migrate(&pool).await?;
+
+    let stop = CancellationToken::new();
+    let publisher_stop = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let sessions = TaskTracker::new();
+    let notifier = Arc::new(Notifier::new());
+    tasks.spawn(Arc::clone(&notifier).run(pool.clone(), publisher_stop.clone()));
+    let mut routes = listen::Routes::default();
+    let mut addr = None;
+
+    if config.runs(Role::Worker) {
+        let worker = Worker::new(
+            pool.clone(),
+            games.clone(),
+            Arc::clone(&notifier),
+            WorkerConfig {
+                batch_size: config.batch_size.max(1),
+                max_attempts: config.max_attempts.max(1),
+                poll_interval: config.poll_interval(),
+            },
+        );
+        for _ in 0..config.workers {
+            tasks.spawn(
+                worker
+                    .clone()
+                    .run(Arc::clone(&notifier.control_local), stop.clone()),
+            );
+        }
+        routes.control = Some(Arc::clone(&notifier.control_local));
+        tasks.spawn(prune::run(
+            pool.clone(),
+            config.retention(),
+            Duration::from_secs(60),
+            stop.clone(),
+        ));
+    }
+
+    if config.runs(Role::Ticker) {
+        // The clock (turn timers, reconnect grace, game loops) is the tickers issue; the
+        // games already compute `next_tick_at`, which is stored with every match.
+        routes.tick = Some(Arc::clone(&notifier.tick_local));
+    }
+
+    if config.runs(Role::Gateway) {
+        let listener = listener.context("the gateway role needs a listener")?;
+        let hub = Hub::new(pool.clone());
+        notifier.attach_hub(&hub);
+        tasks.spawn(Arc::clone(&hub).run(config.poll_interval(), stop.clone()));
+        routes.hub = Some(Arc::clone(&hub));
+        let publisher = Publisher::start(
+            pool.clone(),
+            Arc::clone(&notifier),
+            2,
+            &tasks,
+            publisher_stop.clone(),
+        );
+        let app = Arc::new(AppState {
+            pool: pool.clone(),
+            auth: Auth::new(&config.secret),
+            games: games.clone(),
+            publisher,
+            hub,
+            notifier: Arc::clone(&notifier),
+            config: GatewayConfig {
+                heartbeat: config.heartbeat(),
+                max_frame_bytes: config.max_frame_bytes,
+                outbox_frames: config.outbox_frames,
+                allow_guests: !config.no_guests,
+                guest_token_ttl: chrono::Duration::hours(config.guest_token_hours.max(1)),
+            },
+            instance: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
+            next_conn: AtomicU64::new(1),
+            stop: stop.clone(),
+            sessions: sessions.clone(),
+            metrics: metrics_handle(),
+        });
+        addr = Some(listener.local_addr()?);
+        let router = gateway::router(app);
+        let serve_stop = stop.clone();
+        tasks.spawn(async move {
+            let r = axum::serve(listener, router)
+                .with_graceful_shutdown(serve_stop.cancelled_owned())
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+    }
+
+    tasks.spawn(listen::run(pool.clone(), routes, stop.clone()));
+    Ok(Server {
+        addr,
+        pool,
+        stop,
+        publisher_stop,
+        tasks,
+        sessions,
+    })
+}

@@ -1,0 +1,234 @@
+//! The match store: creating matches, reading them for the HTTP API, and loading and saving
+//! them inside worker and ticker transactions. It also turns a game's [`Outgoing`]
+//! messages into log messages (channel names, lobby announcements of status changes).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{json, Value};
+use sqlx::{PgConnection, PgExecutor, PgPool};
+use uuid::Uuid;
+
+use crate::broadcast::{log_append, NewMessage};
+use crate::game::{DynGame, Outgoing, To};
+use crate::ids::{Channel, MatchId, Seq};
+
+/// A match as the HTTP API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MatchInfo {
+    pub id: Uuid,
+    pub game: String,
+    pub status: String,
+    pub config: Value,
+    pub created_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<Value>,
+}
+
+/// Log messages for a match's outgoing messages, in order.
+pub fn outgoing_messages(match_id: MatchId, out: &[Outgoing]) -> Vec<NewMessage> {
+    out.iter()
+        .map(|o| NewMessage {
+            channel: match &o.to {
+                To::Match => Channel::of_match(match_id).as_str().to_owned(),
+                To::User(c) => Channel::of_user(c).as_str().to_owned(),
+                To::Lobby => Channel::lobby().as_str().to_owned(),
+            },
+            name: o.name.clone(),
+            data: o.data.clone(),
+        })
+        .collect()
+}
+
+/// The `match` announcement on the lobby when a match appears or changes status.
+pub fn lobby_announcement(match_id: MatchId, game: &str, status: &str) -> NewMessage {
+    NewMessage {
+        channel: Channel::lobby().as_str().to_owned(),
+        name: "match".into(),
+        data: json!({ "id": match_id, "game": game, "status": status }),
+    }
+}
+
+/// The data of the last `state` message to the match channel, if any.
+pub fn latest_view(out: &[Outgoing]) -> Option<Value> {
+    out.iter()
+        .rev()
+        .find(|o| o.to == To::Match && o.name == "state")
+        .map(|o| o.data.clone())
+}
+
+/// Why a match could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error("{0}")]
+    BadConfig(String),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// Creates a match: inserts it and logs its first messages and the lobby announcement, in
+/// one transaction. Returns the match and the channel heads to announce.
+pub async fn match_create(
+    pool: &PgPool,
+    game: &dyn DynGame,
+    raw_config: &Value,
+) -> Result<(MatchInfo, Vec<(String, Seq)>), CreateError> {
+    let id = MatchId::new_random();
+    let mut tx = pool.begin().await?;
+    let now = sqlx::query_scalar!(r#"SELECT now() AS "now!""#)
+        .fetch_one(&mut *tx)
+        .await?;
+    let created = game
+        .create(id, raw_config, now)
+        .map_err(CreateError::BadConfig)?;
+    let view = latest_view(&created.out);
+    let row = sqlx::query!(
+        r#"
+        INSERT INTO postgame.matches (id, game, status, config, state, view, next_tick_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        RETURNING created_at
+        "#,
+        id.0,
+        game.name(),
+        created.status,
+        created.config,
+        created.state,
+        view,
+        created.next_tick_at
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let mut messages = outgoing_messages(id, &created.out);
+    messages.push(lobby_announcement(id, game.name(), created.status));
+    let (_, heads) = log_append(&mut tx, &messages).await?;
+    tx.commit().await?;
+    Ok((
+        MatchInfo {
+            id: id.0,
+            game: game.name().to_owned(),
+            status: created.status.to_owned(),
+            config: created.config,
+            created_at: row.created_at,
+            state: None,
+        },
+        heads,
+    ))
+}
+
+/// One match with its latest `state` data.
+pub async fn match_get(db: impl PgExecutor<'_>, id: MatchId) -> sqlx::Result<Option<MatchInfo>> {
+    sqlx::query_as!(
+        MatchInfo,
+        r#"
+        SELECT id, game, status, config, created_at, view AS state
+        FROM postgame.matches WHERE id = $1
+        "#,
+        id.0
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// Whether a match exists.
+pub async fn match_exists(db: impl PgExecutor<'_>, id: MatchId) -> sqlx::Result<bool> {
+    let found = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM postgame.matches WHERE id = $1) AS "e!""#,
+        id.0
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(found)
+}
+
+/// Matches newest first, optionally filtered.
+pub async fn match_list(
+    db: impl PgExecutor<'_>,
+    game: Option<&str>,
+    status: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<Vec<MatchInfo>> {
+    sqlx::query_as!(
+        MatchInfo,
+        r#"
+        SELECT id, game, status, config, created_at, NULL::jsonb AS state
+        FROM postgame.matches
+        WHERE ($1::text IS NULL OR game = $1) AND ($2::text IS NULL OR status = $2)
+        ORDER BY created_at DESC, id
+        LIMIT $3
+        "#,
+        game,
+        status,
+        limit
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// A match loaded for change inside a worker or ticker transaction.
+#[derive(Debug, Clone)]
+pub struct LoadedMatch {
+    pub id: Uuid,
+    pub game: String,
+    pub status: String,
+    pub config: Value,
+    pub state: Value,
+}
+
+/// Loads matches for change. The caller holds their match locks; the row lock is
+/// `FOR NO KEY UPDATE` so it never blocks publishers' foreign-key checks.
+pub async fn matches_load(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<LoadedMatch>> {
+    sqlx::query_as!(
+        LoadedMatch,
+        r#"
+        SELECT id, game, status, config, state
+        FROM postgame.matches WHERE id = ANY($1)
+        FOR NO KEY UPDATE
+        "#,
+        ids
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// A match's new state, to be saved.
+#[derive(Debug, Clone)]
+pub struct MatchUpdate {
+    pub id: Uuid,
+    pub state: Value,
+    pub status: String,
+    pub view: Option<Value>,
+    pub next_tick_at: Option<DateTime<Utc>>,
+    /// How many inputs or ticks this update applied (added to `version`).
+    pub steps: i64,
+}
+
+/// Saves several matches in one statement.
+pub async fn matches_save(conn: &mut PgConnection, updates: &[MatchUpdate]) -> sqlx::Result<()> {
+    if updates.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = updates.iter().map(|u| u.id).collect();
+    let states: Vec<Value> = updates.iter().map(|u| u.state.clone()).collect();
+    let statuses: Vec<String> = updates.iter().map(|u| u.status.clone()).collect();
+    let views: Vec<Option<Value>> = updates.iter().map(|u| u.view.clone()).collect();
+    let ticks: Vec<Option<DateTime<Utc>>> = updates.iter().map(|u| u.next_tick_at).collect();
+    let steps: Vec<i64> = updates.iter().map(|u| u.steps).collect();
+    sqlx::query!(
+        r#"
+        UPDATE postgame.matches m
+        SET state = u.state, status = u.status, view = coalesce(u.view, m.view),
+            next_tick_at = u.next_tick_at, version = m.version + u.steps, updated_at = now()
+        FROM unnest($1::uuid[], $2::jsonb[], $3::text[], $4::jsonb[], $5::timestamptz[],
+                    $6::int8[]) AS u(id, state, status, view, next_tick_at, steps)
+        WHERE m.id = u.id
+        "#,
+        &ids,
+        &states,
+        &statuses,
+        &views as &[Option<Value>],
+        &ticks as &[Option<DateTime<Utc>>],
+        &steps
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,252 @@
+//! Workers: apply control messages to match state.
+//!
+//! [`Worker::run_once`] is one transaction: claim a batch (`FOR UPDATE SKIP LOCKED`, match
+//! locks taken in the claim), run each match's messages through its game in id order,
+//! then save the new states, append the outgoing messages to the log and delete the
+//! processed rows, and commit. That commit is the exactly-once point: a worker killed
+//! before it leaves the rows in the queue for the next claim, with no effect anywhere.
+//! [`Worker::run`] is the policy around it: loop while there is work, sleep until a
+//! NOTIFY (or a slow poll) when there is none, back off on database errors.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::broadcast::notify::Notifier;
+use crate::broadcast::{log_append, NewMessage};
+use crate::game::{Input, Registry, PRESENCE_CONNECTED, PRESENCE_DISCONNECTED};
+use crate::ids::{ClientId, MatchId};
+use crate::matches::{
+    latest_view, lobby_announcement, matches_load, matches_save, outgoing_messages, MatchUpdate,
+};
+use crate::queue::{
+    control_claim, control_delete, control_fail, control_holds_clear, ControlRow, Failure,
+};
+
+/// Settings of a worker.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub batch_size: i64,
+    pub max_attempts: i32,
+    pub poll_interval: Duration,
+}
+
+/// What one [`Worker::run_once`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub claimed: usize,
+    pub applied: usize,
+    pub failed: usize,
+}
+
+/// A worker; cheap to clone, run as many as you like, in as many processes as you like.
+#[derive(Clone)]
+pub struct Worker {
+    pool: PgPool,
+    games: Registry,
+    notifier: Arc<Notifier>,
+    config: WorkerConfig,
+}
+
+/// Turns a queue row into a game input.
+fn input_of(row: &ControlRow) -> Result<Input, String> {
+    let client = row
+        .client_id
+        .as_deref()
+        .and_then(ClientId::parse)
+        .ok_or_else(|| "control message without a valid client".to_owned())?;
+    let connection = || {
+        row.data
+            .get("connection")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| "presence message without a connection".to_owned())
+    };
+    Ok(match row.name.as_str() {
+        PRESENCE_CONNECTED => Input::Connected {
+            client,
+            connection: connection()?,
+        },
+        PRESENCE_DISCONNECTED => Input::Disconnected {
+            client,
+            connection: connection()?,
+        },
+        _ => Input::Client {
+            msg_id: row.id,
+            client,
+            name: row.name.clone(),
+            data: row.data.clone(),
+        },
+    })
+}
+
+impl Worker {
+    pub fn new(
+        pool: PgPool,
+        games: Registry,
+        notifier: Arc<Notifier>,
+        config: WorkerConfig,
+    ) -> Self {
+        Self {
+            pool,
+            games,
+            notifier,
+            config,
+        }
+    }
+
+    /// Claims and applies one batch in one transaction.
+    pub async fn run_once(&self) -> sqlx::Result<Outcome> {
+        let mut tx = self.pool.begin().await?;
+        let (rows, now) = control_claim(&mut tx, self.config.batch_size).await?;
+        if rows.is_empty() {
+            tx.commit().await?;
+            return Ok(Outcome::default());
+        }
+        // Group by match, keeping id order inside each group.
+        let mut order: Vec<Uuid> = Vec::new();
+        let mut groups: HashMap<Uuid, Vec<ControlRow>> = HashMap::new();
+        for row in rows.iter() {
+            groups
+                .entry(row.match_id)
+                .or_insert_with(|| {
+                    order.push(row.match_id);
+                    Vec::new()
+                })
+                .push(row.clone());
+        }
+        let loaded: HashMap<Uuid, _> = matches_load(&mut tx, &order)
+            .await?
+            .into_iter()
+            .map(|m| (m.id, m))
+            .collect();
+
+        let mut updates = Vec::new();
+        let mut messages: Vec<NewMessage> = Vec::new();
+        let mut processed: Vec<i64> = Vec::new();
+        let mut unheld: Vec<Uuid> = Vec::new();
+        let mut failures: Vec<(ControlRow, String)> = Vec::new();
+        for match_id in &order {
+            let group = &groups[match_id];
+            // Rows of a deleted match are deleted with it (ON DELETE CASCADE).
+            let Some(m) = loaded.get(match_id) else {
+                continue;
+            };
+            let Some(game) = self.games.get(&m.game) else {
+                failures.push((group[0].clone(), format!("unknown game {:?}", m.game)));
+                continue;
+            };
+            // Inputs up to the first one that cannot even be read.
+            let mut inputs = Vec::with_capacity(group.len());
+            let mut bad_input = None;
+            for row in group {
+                match input_of(row) {
+                    Ok(i) => inputs.push(i),
+                    Err(e) => {
+                        bad_input = Some(e);
+                        break;
+                    }
+                }
+            }
+            let id = MatchId(*match_id);
+            let applied = game.apply(id, &m.config, &m.state, &inputs, now);
+            if let Some((state, status, next_tick_at)) = applied.next {
+                messages.extend(outgoing_messages(id, &applied.out));
+                if status != m.status {
+                    messages.push(lobby_announcement(id, &m.game, status));
+                }
+                updates.push(MatchUpdate {
+                    id: *match_id,
+                    state,
+                    status: status.to_owned(),
+                    view: latest_view(&applied.out),
+                    next_tick_at,
+                    steps: applied.applied as i64,
+                });
+                processed.extend(group[..applied.applied].iter().map(|r| r.id));
+                if group[0].attempts > 0 {
+                    unheld.push(*match_id);
+                }
+            }
+            let error = applied.error.or(if applied.applied == inputs.len() {
+                bad_input
+            } else {
+                None
+            });
+            if let Some(error) = error {
+                failures.push((group[applied.applied].clone(), error));
+            }
+        }
+
+        matches_save(&mut tx, &updates).await?;
+        let (_, heads) = log_append(&mut tx, &messages).await?;
+        control_delete(&mut tx, &processed).await?;
+        control_holds_clear(&mut tx, &unheld).await?;
+        let mut dead = 0;
+        for (row, error) in &failures {
+            let f = control_fail(&mut tx, row, error, self.config.max_attempts).await?;
+            tracing::warn!(id = row.id, match_id = %row.match_id, ?f, error, "control message failed");
+            if f == Failure::Dead {
+                dead += 1;
+            }
+        }
+        tx.commit().await?;
+
+        self.notifier.heads(&heads);
+        if updates.iter().any(|u| u.next_tick_at.is_some()) {
+            self.notifier.tick_scheduled();
+        }
+        metrics::counter!("postgame_control_applied_total").increment(processed.len() as u64);
+        metrics::counter!("postgame_control_failed_total").increment(failures.len() as u64);
+        metrics::counter!("postgame_control_dead_total").increment(dead);
+        metrics::histogram!("postgame_worker_batch_size").record(rows.len() as f64);
+        Ok(Outcome {
+            claimed: rows.len(),
+            applied: processed.len(),
+            failed: failures.len(),
+        })
+    }
+
+    /// Runs batches until `stop`: straight on while there is work, otherwise sleeping until
+    /// `wake` (NOTIFY or this process's own publishers) or the poll interval.
+    pub async fn run(self, wake: Arc<Notify>, stop: CancellationToken) {
+        let mut errors = 0u32;
+        loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            let notified = wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.run_once().await {
+                Ok(o) if o.claimed > 0 => {
+                    errors = 0;
+                    continue;
+                }
+                Ok(_) => {
+                    errors = 0;
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = tokio::time::sleep(self.config.poll_interval) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                }
+                Err(e) => {
+                    errors += 1;
+                    let pause = Duration::from_millis(100 * 2u64.pow(errors.min(6)));
+                    tracing::warn!(error = %e, ?pause, "worker batch failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+}

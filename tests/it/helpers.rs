@@ -1,0 +1,315 @@
+//! The test harness: a fresh database per test (from `#[sqlx::test]`), the real server on
+//! port 0, real WebSocket clients, and typed helpers.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use postgame::config::ServeConfig;
+use postgame::game::Registry;
+use postgame::gateway::auth::Auth;
+use serde_json::{json, Value};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::PgPool;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "test-secret";
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// The URL of the per-test database (same server as DATABASE_URL).
+pub fn database_url(opts: &PgConnectOptions) -> String {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set (see .cargo/config.toml)");
+    let (server, _) = base
+        .rsplit_once('/')
+        .expect("DATABASE_URL names a database");
+    format!(
+        "{server}/{}",
+        opts.get_database().expect("sqlx::test names a database")
+    )
+}
+
+/// A server configuration suited to tests: small pools, fast polls.
+pub fn test_config(db_url: &str) -> ServeConfig {
+    let mut c = ServeConfig::defaults(db_url);
+    c.secret = SECRET.into();
+    c.db_connections = 6;
+    c.workers = 2;
+    c.poll_seconds = 0.5;
+    c
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub db_url: String,
+    pub pool: PgPool,
+    pub http: reqwest::Client,
+    server: Option<postgame::Server>,
+}
+
+impl TestApp {
+    pub async fn spawn(opts: PgConnectOptions) -> Self {
+        Self::spawn_with(opts, Registry::builtin(), |_| {}).await
+    }
+
+    pub async fn spawn_with(
+        opts: PgConnectOptions,
+        games: Registry,
+        tweak: impl FnOnce(&mut ServeConfig),
+    ) -> Self {
+        let db_url = database_url(&opts);
+        let mut config = test_config(&db_url);
+        tweak(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = postgame::start(config, games, Some(listener))
+            .await
+            .expect("server starts");
+        let pool = sqlx::PgPool::connect(&db_url).await.unwrap();
+        Self {
+            addr: server.addr.expect("gateway runs"),
+            db_url,
+            pool,
+            http: reqwest::Client::new(),
+            server: Some(server),
+        }
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// A token for `sub` with default capabilities.
+    pub fn token(&self, sub: &str) -> String {
+        Auth::new(SECRET)
+            .issue(sub, None, None, chrono::Duration::hours(1))
+            .0
+    }
+
+    /// A token with every capability on every channel.
+    pub fn admin_token(&self) -> String {
+        use postgame::gateway::auth::Cap;
+        let caps = std::collections::BTreeMap::from([(
+            "*".to_owned(),
+            vec![Cap::Publish, Cap::Subscribe, Cap::History],
+        )]);
+        Auth::new(SECRET)
+            .issue("admin", None, Some(caps), chrono::Duration::hours(1))
+            .0
+    }
+
+    pub async fn create_match(&self, token: &str, game: &str, config: Value) -> String {
+        let r = self
+            .http
+            .post(self.url("/v1/matches"))
+            .bearer_auth(token)
+            .json(&json!({ "game": game, "config": config }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{:?}", r.text().await);
+        let body: Value = r.json().await.unwrap();
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn ws(&self, token: &str) -> Client {
+        let mut c = self.ws_raw(&format!("/v1/ws?token={token}")).await;
+        let hello = c.recv().await;
+        assert_eq!(hello["op"], "connected", "{hello}");
+        c.client_id = hello["client_id"].as_str().unwrap().to_owned();
+        c
+    }
+
+    pub async fn ws_raw(&self, path_and_query: &str) -> Client {
+        let (ws, _) =
+            tokio_tungstenite::connect_async(format!("ws://{}{path_and_query}", self.addr))
+                .await
+                .expect("websocket connects");
+        Client {
+            ws,
+            client_id: String::new(),
+            buffered: VecDeque::new(),
+            next_id: 0,
+        }
+    }
+
+    /// Waits until `sql` (a scalar bool query) is true.
+    pub async fn wait_until(&self, sql: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT * 4;
+        loop {
+            let ok: bool = sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap();
+            if ok {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for: {sql}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub client_id: String,
+    buffered: VecDeque<Value>,
+    next_id: u64,
+}
+
+/// How a connection ended.
+#[derive(Debug)]
+pub enum Closed {
+    Code(u16),
+    Abrupt,
+}
+
+impl Client {
+    pub async fn send(&mut self, v: Value) {
+        self.ws.send(Message::text(v.to_string())).await.unwrap();
+    }
+
+    pub async fn send_text(&mut self, t: &str) {
+        self.ws.send(Message::text(t.to_owned())).await.unwrap();
+    }
+
+    async fn read_frame(&mut self) -> Option<Value> {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next()).await {
+                Err(_) => panic!("no frame within {WAIT:?}"),
+                Ok(None) | Ok(Some(Err(_))) => return None,
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    return Some(serde_json::from_str(t.as_str()).expect("server sends JSON"))
+                }
+                Ok(Some(Ok(Message::Close(_)))) => return None,
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
+    /// The next frame, whatever it is.
+    pub async fn recv(&mut self) -> Value {
+        if let Some(v) = self.buffered.pop_front() {
+            return v;
+        }
+        self.read_frame().await.expect("connection is open")
+    }
+
+    /// The next frame matching `pred`; others are kept for later `recv`s.
+    pub async fn recv_where(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        if let Some(i) = self.buffered.iter().position(&pred) {
+            return self.buffered.remove(i).unwrap();
+        }
+        loop {
+            let v = self.read_frame().await.expect("connection is open");
+            if pred(&v) {
+                return v;
+            }
+            self.buffered.push_back(v);
+        }
+    }
+
+    /// The reply to request `id`.
+    pub async fn reply(&mut self, id: u64) -> Value {
+        self.recv_where(|v| v["id"] == json!(id)).await
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    pub async fn subscribe(&mut self, channel: &str, since: Option<i64>) -> Value {
+        let id = self.id();
+        let mut f = json!({ "op": "subscribe", "id": id, "channel": channel });
+        if let Some(s) = since {
+            f["since"] = json!(s);
+        }
+        self.send(f).await;
+        self.reply(id).await
+    }
+
+    pub async fn publish(&mut self, channel: &str, name: &str, data: Value) -> Value {
+        let id = self.id();
+        self.send(
+            json!({ "op": "publish", "id": id, "channel": channel, "name": name, "data": data }),
+        )
+        .await;
+        self.reply(id).await
+    }
+
+    pub async fn publish_keyed(
+        &mut self,
+        channel: &str,
+        name: &str,
+        data: Value,
+        key: &str,
+    ) -> Value {
+        let id = self.id();
+        self.send(json!({ "op": "publish", "id": id, "channel": channel, "name": name, "data": data, "key": key }))
+            .await;
+        self.reply(id).await
+    }
+
+    /// Sends a control message and waits for its ack.
+    pub async fn act(&mut self, match_id: &str, name: &str, data: Value) -> i64 {
+        let ack = self
+            .publish(&format!("control:{match_id}"), name, data)
+            .await;
+        assert_eq!(ack["op"], "ack", "{ack}");
+        ack["msg_id"].as_i64().unwrap()
+    }
+
+    /// The next `message` frame on `channel`.
+    pub async fn message(&mut self, channel: &str) -> Value {
+        let channel = channel.to_owned();
+        self.recv_where(move |v| v["op"] == "message" && v["channel"] == channel)
+            .await
+    }
+
+    /// The next message named `name` on `channel`.
+    pub async fn named(&mut self, channel: &str, name: &str) -> Value {
+        let (channel, name) = (channel.to_owned(), name.to_owned());
+        self.recv_where(move |v| {
+            v["op"] == "message" && v["channel"] == channel && v["name"] == name
+        })
+        .await
+    }
+
+    /// Reads state broadcasts on match:<id> until one satisfies `pred`; returns its data.
+    pub async fn state_until(&mut self, match_id: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let channel = format!("match:{match_id}");
+        loop {
+            let m = self.named(&channel, "state").await;
+            if pred(&m["data"]) {
+                return m["data"].clone();
+            }
+        }
+    }
+
+    /// Waits for the connection to end and returns the close code.
+    pub async fn closed(&mut self) -> Closed {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next()).await {
+                Err(_) => panic!("connection did not close within {WAIT:?}"),
+                Ok(None) | Ok(Some(Err(_))) => return Closed::Abrupt,
+                Ok(Some(Ok(Message::Close(Some(f))))) => return Closed::Code(u16::from(f.code)),
+                Ok(Some(Ok(Message::Close(None)))) => {
+                    return Closed::Code(u16::from(CloseCode::Status))
+                }
+                Ok(Some(Ok(Message::Text(t)))) => self
+                    .buffered
+                    .push_back(serde_json::from_str(t.as_str()).unwrap()),
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+}

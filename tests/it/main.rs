@@ -1,0 +1,14 @@
+//! The one integration-test binary: every test gets a fresh database (`#[sqlx::test]`),
+//! the real server on port 0, and real WebSocket clients.
+
+#![allow(clippy::unwrap_used)]
+
+mod helpers;
+mod ledger;
+
+mod capabilities;
+mod concurrency;
+mod resilience;
+mod resume;
+mod robustness;
+mod tictactoe;

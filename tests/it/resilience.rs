@@ -1,0 +1,184 @@
+//! Failures: workers killed mid-batch (connections dropped, processes killed), handlers
+//! that panic. Nothing acknowledged is lost or applied twice.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use postgame::config::Role;
+use serde_json::{json, Value};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use crate::concurrency::{check_all, flood};
+use crate::helpers::{test_config, TestApp};
+use crate::ledger;
+
+#[sqlx::test]
+async fn workers_whose_connections_die_mid_batch_lose_and_duplicate_nothing(
+    _p: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    // A gateway without workers takes every publish first…
+    let app = TestApp::spawn_with(opts, ledger::games(), |c| c.roles = vec![Role::Gateway]).await;
+    let names: Vec<String> = (0..3).map(|i| format!("p{i}")).collect();
+    let mut clients = Vec::new();
+    for n in &names {
+        clients.push(app.ws(&app.token(n)).await);
+    }
+    let ids = flood(&app, &mut clients).await;
+    // …then workers start, and their connections are killed again and again mid-batch.
+    let mut config = test_config(&app.db_url);
+    config.roles = vec![Role::Worker];
+    config.workers = 3;
+    config.batch_size = 8;
+    let workers = postgame::start(config, ledger::games(), None)
+        .await
+        .unwrap();
+    let killer_pool = app.pool.clone();
+    let killer = tokio::spawn(async move {
+        let mut kills = 0i64;
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                 WHERE datname = current_database() AND application_name = 'postgame worker'
+                   AND state IN ('active', 'idle in transaction')",
+            )
+            .fetch_one(&killer_pool)
+            .await
+            .unwrap();
+            kills += n;
+        }
+        kills
+    });
+    let kills = killer.await.unwrap();
+    check_all(&app, &ids, &names).await;
+    assert!(kills > 0, "the test killed no worker transaction");
+    workers.shutdown().await;
+    app.shutdown().await;
+}
+
+fn worker_process(db_url: &str) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_postgame"))
+        .args(["serve", "--role", "worker", "--database-url", db_url])
+        .env("POSTGAME_WORKERS", "2")
+        .env("POSTGAME_BATCH_SIZE", "10")
+        .env("POSTGAME_DB_CONNECTIONS", "4")
+        .env("POSTGAME_POLL_SECONDS", "0.5")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the postgame binary starts")
+}
+
+#[sqlx::test]
+async fn separate_worker_processes_share_the_queue_and_survive_a_kill(
+    _p: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let app = TestApp::spawn_with(opts, postgame::game::Registry::builtin(), |c| {
+        c.roles = vec![Role::Gateway]
+    })
+    .await;
+    let mut x = app.ws(&app.token("xavier")).await;
+    let mut o = app.ws(&app.token("olga")).await;
+    let token = app.token("setup");
+    let mut ids = Vec::new();
+    for _ in 0..200 {
+        ids.push(app.create_match(&token, "tictactoe", json!({})).await);
+    }
+    // Interleaved across matches: joins, then X 0, O 3, X 1, O 4, X 2 in every match.
+    let script: [(usize, &str, Value); 7] = [
+        (0, "join", json!({})),
+        (1, "join", json!({})),
+        (0, "move", json!({"cell": 0})),
+        (1, "move", json!({"cell": 3})),
+        (0, "move", json!({"cell": 1})),
+        (1, "move", json!({"cell": 4})),
+        (0, "move", json!({"cell": 2})),
+    ];
+    let mut procs = vec![worker_process(&app.db_url), worker_process(&app.db_url)];
+    let mut sent = 0u64;
+    for (who, name, data) in &script {
+        for id in &ids {
+            let c = if *who == 0 { &mut x } else { &mut o };
+            sent += 1;
+            c.send(
+                json!({"op": "publish", "id": sent, "channel": format!("control:{id}"),
+                          "name": name, "data": data}),
+            )
+            .await;
+        }
+        // Acks come after the commit: wait for this round before sending the next, so the
+        // moves are in the queue in script order for every match.
+        let c = if *who == 0 { &mut x } else { &mut o };
+        for _ in 0..ids.len() {
+            let ack = c
+                .recv_where(|v| v["op"] == "ack" || v["op"] == "error")
+                .await;
+            assert_eq!(ack["op"], "ack", "{ack}");
+        }
+    }
+    // Kill one worker process (SIGKILL, mid-batch as likely as not) once work is under way.
+    app.wait_until("SELECT (SELECT count(*) FROM postgame.control) < 1300")
+        .await;
+    procs[0].kill().await.unwrap();
+    procs.push(worker_process(&app.db_url));
+    app.wait_until("SELECT NOT EXISTS (SELECT 1 FROM postgame.control)")
+        .await;
+    let rows: Vec<(String, i64, Value)> =
+        sqlx::query_as("SELECT status, version, state FROM postgame.matches")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 200);
+    for (status, version, state) in rows {
+        assert_eq!(
+            version, 7,
+            "every control message applied exactly once: {state}"
+        );
+        assert_eq!(status, "won", "{state}");
+        assert_eq!(state["winner"], "X", "{state}");
+    }
+    let rejected: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM postgame.messages WHERE name = 'rejected'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(rejected, 0, "moves were applied in order");
+    for mut p in procs {
+        let _ = p.kill().await;
+    }
+    app.shutdown().await;
+}
+
+#[sqlx::test]
+async fn a_panicking_handler_is_retried_then_dead_lettered_and_the_match_goes_on(
+    _p: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let app = TestApp::spawn_with(opts, ledger::games(), |c| c.max_attempts = 2).await;
+    let token = app.token("p0");
+    let bad = app.create_match(&token, "ledger", json!({})).await;
+    let good = app.create_match(&token, "ledger", json!({})).await;
+    let mut p = app.ws(&token).await;
+    p.subscribe(&format!("match:{bad}"), None).await;
+    p.subscribe(&format!("match:{good}"), None).await;
+    p.act(&bad, "boom", json!({})).await;
+    p.act(&bad, "n", json!({"n": 1})).await;
+    // Another match is not held up by the failing one.
+    p.act(&good, "n", json!({"n": 1})).await;
+    p.named(&format!("match:{good}"), "n").await;
+    // The bad match's next message waits for the failing one, then goes through.
+    let m = p.named(&format!("match:{bad}"), "n").await;
+    assert_eq!(m["data"]["n"], 1);
+    let (attempts, error): (i32, String) =
+        sqlx::query_as("SELECT attempts, last_error FROM postgame.control_dead")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(attempts, 2);
+    assert!(error.contains("boom on purpose"), "{error}");
+    app.shutdown().await;
+}

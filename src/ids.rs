@@ -19,16 +19,8 @@ impl MatchId {
 
     pub fn parse(s: &str) -> Option<Self> {
         // Only the canonical hyphenated form, so one match has exactly one channel name.
-        if s.len() != 36 {
-            return None;
-        }
-        Uuid::parse_str(s).ok().map(Self)
-    }
-
-    /// The key of this match's advisory locks: stable across processes and releases.
-    pub fn lock_key(&self) -> i64 {
-        let (hi, lo) = self.0.as_u64_pair();
-        (hi ^ lo) as i64
+        let id = Uuid::parse_str(s).ok()?;
+        (id.hyphenated().to_string() == s).then_some(Self(id))
     }
 }
 
@@ -41,15 +33,20 @@ impl fmt::Display for MatchId {
 /// Maximum length of a client id (a token's `sub`).
 pub const MAX_CLIENT_ID_LEN: usize = 128;
 
+fn is_channel_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"_-:.@".contains(&b)
+}
+
 /// A client, as named by its token's `sub`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct ClientId(String);
 
 impl ClientId {
-    /// Non-empty, at most 128 bytes, no control characters.
+    /// 1 to 128 bytes of letters, digits and `_ - : . @`: the characters a channel name may
+    /// hold, so every client has a `user:<id>` channel.
     pub fn parse(s: &str) -> Option<Self> {
-        if s.is_empty() || s.len() > MAX_CLIENT_ID_LEN || s.chars().any(char::is_control) {
+        if s.is_empty() || s.len() > MAX_CLIENT_ID_LEN || !s.bytes().all(is_channel_byte) {
             return None;
         }
         Some(Self(s.to_owned()))
@@ -100,10 +97,7 @@ impl Channel {
         if s.is_empty() || s.len() > MAX_CHANNEL_LEN {
             return Err(format!("a channel name has 1 to {MAX_CHANNEL_LEN} bytes"));
         }
-        if !s
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-:.@".contains(&b))
-        {
+        if !s.bytes().all(is_channel_byte) {
             return Err("a channel name uses only letters, digits and _ - : . @".into());
         }
         let kind = if let Some(rest) = s.strip_prefix("control:") {
@@ -205,5 +199,9 @@ mod tests {
         let id = MatchId::new_random();
         assert_eq!(MatchId::parse(&id.to_string()), Some(id));
         assert_eq!(MatchId::parse(&id.0.simple().to_string()), None);
+        assert_eq!(MatchId::parse(&id.to_string().to_uppercase()), None);
+        assert!(ClientId::parse("guest-1@x.y").is_some());
+        assert!(ClientId::parse("a b").is_none());
+        assert!(ClientId::parse("é").is_none());
     }
 }

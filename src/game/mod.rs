@@ -165,6 +165,8 @@ pub struct Applied {
     pub out: Vec<Outgoing>,
     /// How many leading inputs were applied.
     pub applied: usize,
+    /// The status after each applied input, so every transition can be announced.
+    pub statuses: Vec<&'static str>,
     /// The error of the input right after the applied ones, if processing stopped there.
     pub error: Option<String>,
 }
@@ -266,6 +268,7 @@ fn run_steps<G: Game>(
         next: None,
         out: Vec::new(),
         applied: 0,
+        statuses: Vec::new(),
         error: Some(error),
     };
     let config: G::Config = match serde_json::from_value(config.clone()) {
@@ -283,6 +286,7 @@ fn run_steps<G: Game>(
     };
     let mut out = Vec::new();
     let mut applied = 0;
+    let mut statuses = Vec::new();
     let mut error = None;
     for i in 0..n {
         let mut next = current.clone();
@@ -293,6 +297,7 @@ fn run_steps<G: Game>(
                 current = next;
                 out.append(&mut step_out);
                 applied += 1;
+                statuses.push(game.status(&current));
             }
             Ok(Err(e)) => {
                 error = Some(format!("{e:#}"));
@@ -309,6 +314,7 @@ fn run_steps<G: Game>(
             next: None,
             out,
             applied,
+            statuses,
             error,
         };
     }
@@ -317,6 +323,7 @@ fn run_steps<G: Game>(
             next: Some((json, game.status(&current), game.next_tick_at(&current))),
             out,
             applied,
+            statuses,
             error,
         },
         Err(e) => failed(e),

@@ -88,6 +88,20 @@ impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for Body
     }
 }
 
+/// Query parameters, refused with a JSON `bad_request` that says what is wrong.
+pub struct Params<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(q)| Params(q))
+            .map_err(|e| ApiError::bad_request(e.body_text()))
+    }
+}
+
 pub async fn healthz() -> &'static str {
     "ok"
 }
@@ -184,7 +198,7 @@ pub struct ListQuery {
 pub async fn match_list_handler(
     State(app): State<Arc<AppState>>,
     Authed(_me): Authed,
-    Query(q): Query<ListQuery>,
+    Params(q): Params<ListQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -250,7 +264,7 @@ pub async fn channel_history_handler(
     State(app): State<Arc<AppState>>,
     Authed(me): Authed,
     Path(channel): Path<String>,
-    Query(q): Query<HistoryQuery>,
+    Params(q): Params<HistoryQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let channel = Channel::parse(&channel).map_err(ApiError::bad_request)?;
     if !me.can(Cap::History, &channel) {

@@ -142,9 +142,16 @@ async fn ws_handler(
         })
 }
 
-/// Returns 400 `bad_request` JSON for unknown routes' siblings: a 404 in our format.
+/// Unknown paths: a 404 in the contract's JSON format.
 async fn not_found() -> ApiError {
     ApiError::Client(Code::NotFound, "no such endpoint".into())
+}
+
+/// A known path with the wrong method: 405, still as JSON.
+async fn method_not_allowed() -> Response {
+    use axum::response::IntoResponse;
+    let body = serde_json::json!({ "code": "bad_request", "message": "method not allowed" });
+    (axum::http::StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
 }
 
 /// The gateway's routes.
@@ -170,6 +177,7 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/readyz", get(http::readyz))
         .route("/metrics", get(http::metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(app)
 }

@@ -32,18 +32,28 @@ pub async fn control_claim(
     conn: &mut PgConnection,
     limit: i64,
 ) -> sqlx::Result<(Vec<ControlRow>, DateTime<Utc>)> {
+    // The lock function runs on a bounded window of the oldest rows (a subquery with a
+    // LIMIT is never flattened, so the planner cannot evaluate it on the whole queue),
+    // then the rows of the matches we locked are taken, oldest first.
     let rows = sqlx::query_as!(
         ControlRow,
         r#"
         SELECT c.id, c.match_id, c.client_id, c.name, c.data, c.attempts
         FROM postgame.control c
-        WHERE NOT EXISTS (
-                SELECT 1 FROM postgame.control_holds h
-                WHERE h.match_id = c.match_id AND h.until > now())
-          AND postgame.try_lock_match(c.match_id)
+        WHERE c.id = ANY(ARRAY(
+            SELECT w.id FROM (
+                SELECT q.id, q.match_id FROM postgame.control q
+                WHERE NOT EXISTS (
+                    SELECT 1 FROM postgame.control_holds h
+                    WHERE h.match_id = q.match_id AND h.until > now())
+                ORDER BY q.id
+                LIMIT $1::int8 * 4
+            ) w
+            WHERE postgame.try_lock_match(w.match_id)
+            ORDER BY w.id
+            LIMIT $1))
         ORDER BY c.id
-        LIMIT $1
-        FOR UPDATE OF c SKIP LOCKED
+        FOR UPDATE SKIP LOCKED
         "#,
         limit
     )

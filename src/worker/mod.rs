@@ -158,8 +158,12 @@ impl Worker {
             let applied = game.apply(id, &m.config, &m.state, &inputs, now);
             if let Some((state, status, next_tick_at)) = applied.next {
                 messages.extend(outgoing_messages(id, &applied.out));
-                if status != m.status {
-                    messages.push(lobby_announcement(id, &m.game, status));
+                let mut previous = m.status.as_str();
+                for s in &applied.statuses {
+                    if *s != previous {
+                        messages.push(lobby_announcement(id, &m.game, s));
+                        previous = s;
+                    }
                 }
                 updates.push(MatchUpdate {
                     id: *match_id,

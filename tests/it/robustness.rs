@@ -154,6 +154,30 @@ async fn bad_http_bodies_get_json_errors(_p: PgPoolOptions, opts: PgConnectOptio
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+    for (method, path, status) in [
+        (reqwest::Method::GET, "/v1/matches?limit=abc", 400),
+        (
+            reqwest::Method::GET,
+            "/v1/channels/lobby/history?since=x",
+            400,
+        ),
+        (reqwest::Method::DELETE, "/v1/matches", 405),
+        (reqwest::Method::GET, "/v1/nothing-here", 404),
+    ] {
+        let r = app
+            .http
+            .request(method, app.url(path))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{path}");
+        let e: Value = r.json().await.expect("errors are JSON");
+        assert!(
+            e["code"].is_string() && e["message"].is_string(),
+            "{path}: {e}"
+        );
+    }
     let r = app
         .http
         .post(app.url("/v1/matches"))

@@ -314,3 +314,40 @@ async fn both_players_asking_for_a_rematch_swap_sides(_p: PgPoolOptions, opts: P
     assert_eq!(s["players"], json!({"X": "bob", "O": "alice"}));
     app.shutdown().await;
 }
+
+#[sqlx::test]
+async fn the_lobby_hears_of_every_match_status(_p: PgPoolOptions, opts: PgConnectOptions) {
+    let app = TestApp::spawn(opts).await;
+    let mut watcher = app.ws(&app.token("lurker")).await;
+    assert_eq!(watcher.subscribe("lobby", None).await["op"], "subscribed");
+    let id = app
+        .create_match(&app.token("alice"), "tictactoe", json!({}))
+        .await;
+    let mut x = app.ws(&app.token("alice")).await;
+    let mut o = app.ws(&app.token("bob")).await;
+    x.act(&id, "join", json!({})).await;
+    o.act(&id, "join", json!({})).await;
+    o.act(&id, "leave", json!({})).await;
+    let mut statuses = Vec::new();
+    while statuses.last().map_or(true, |s| s != "won") {
+        let m = watcher.named("lobby", "match").await;
+        assert_eq!(m["data"]["id"], id.as_str());
+        assert_eq!(m["data"]["game"], "tictactoe");
+        statuses.push(m["data"]["status"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(statuses, vec!["waiting", "playing", "won"]);
+    // And the list endpoint shows it, filtered by status.
+    let list: Value = app
+        .http
+        .get(app.url("/v1/matches?game=tictactoe&status=won"))
+        .bearer_auth(app.token("lurker"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["matches"][0]["id"], id.as_str());
+    assert_eq!(list["matches"].as_array().unwrap().len(), 1);
+    app.shutdown().await;
+}

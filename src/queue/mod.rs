@@ -34,7 +34,12 @@ pub async fn control_claim(
 ) -> sqlx::Result<(Vec<ControlRow>, DateTime<Utc>)> {
     // The lock function runs on a bounded window of the oldest rows (a subquery with a
     // LIMIT is never flattened, so the planner cannot evaluate it on the whole queue),
-    // then the rows of the matches we locked are taken, oldest first.
+    // lazily, until `limit` rows passed. Then the rows are taken from the same window
+    // again, this time every row of the matches we locked, oldest first. Why twice: a
+    // try-lock that fails on a match's first row can succeed on its next one (the holder
+    // committed meanwhile), and taking only the rows after the flip would apply a later
+    // message before an earlier one; rows of the window that the holder applied and
+    // deleted in the meantime drop out at the row lock.
     let rows = sqlx::query_as!(
         ControlRow,
         r#"
@@ -49,7 +54,18 @@ pub async fn control_claim(
                 ORDER BY q.id
                 LIMIT $1::int8 * 4
             ) w
-            WHERE postgame.try_lock_match(w.match_id)
+            WHERE w.match_id = ANY(ARRAY(
+                SELECT l.match_id FROM (
+                    SELECT q.id, q.match_id FROM postgame.control q
+                    WHERE NOT EXISTS (
+                        SELECT 1 FROM postgame.control_holds h
+                        WHERE h.match_id = q.match_id AND h.until > now())
+                    ORDER BY q.id
+                    LIMIT $1::int8 * 4
+                ) l
+                WHERE postgame.try_lock_match(l.match_id)
+                ORDER BY l.id
+                LIMIT $1))
             ORDER BY w.id
             LIMIT $1))
         ORDER BY c.id

@@ -39,6 +39,21 @@ impl Outbox {
         Self { conn, tx, overflow }
     }
 
+    /// Waits for room for `n` frames (at most the outbox's capacity); `None` once the
+    /// connection is gone. Replay uses this, so a resuming client is fed at its own pace
+    /// instead of being cut off for reading slower than the database.
+    pub async fn reserve(&self, n: usize) -> Option<mpsc::PermitIterator<'_, Utf8Bytes>> {
+        self.tx
+            .reserve_many(n.min(self.tx.max_capacity()))
+            .await
+            .ok()
+    }
+
+    /// The most frames the outbox holds.
+    pub fn capacity(&self) -> usize {
+        self.tx.max_capacity()
+    }
+
     /// Queues a frame without waiting. A full outbox means the client reads too slowly:
     /// the frame is not queued and the session is told to close the connection (4008),
     /// after which the client resumes from its last seq.
@@ -212,23 +227,36 @@ impl Hub {
         existed
     }
 
-    /// Replays the log to one subscriber until it is in sync with the live stream.
+    /// Replays the log to one subscriber until it is in sync with the live stream, at the
+    /// pace the client reads (it waits for room in the outbox, outside the hub lock).
     async fn catch_up(self: Arc<Self>, channel: String, conn: u64) {
         let mut empty_reads = 0;
         loop {
-            let cursor = {
+            let (cursor, outbox) = {
                 let state = self.lock();
                 match state.channels.get(&channel).and_then(|e| e.subs.get(&conn)) {
-                    Some(sub) => sub.cursor,
+                    Some(sub) => (sub.cursor, sub.outbox.clone()),
                     None => return,
                 }
             };
-            let rows = match history_read(&self.pool, &channel, cursor, READ_LIMIT).await {
+            // Half the outbox at most, so replies and pings always find room beside a replay.
+            let chunk = (outbox.capacity() as i64 / 2).clamp(1, READ_LIMIT);
+            let rows = match history_read(&self.pool, &channel, cursor, chunk).await {
                 Ok(rows) => rows,
                 Err(e) => {
                     tracing::warn!(error = %e, %channel, "replay read failed; retrying");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
+                }
+            };
+            let frames: Vec<(Seq, Utf8Bytes)> =
+                rows.iter().map(|r| (r.seq, message_frame(r))).collect();
+            let permits = if frames.is_empty() {
+                None
+            } else {
+                match outbox.reserve(frames.len()).await {
+                    Some(p) => Some(p),
+                    None => return,
                 }
             };
             let mut state = self.lock();
@@ -239,16 +267,15 @@ impl Hub {
             let Some(sub) = entry.subs.get_mut(&conn) else {
                 return;
             };
-            for row in &rows {
-                if row.seq > sub.cursor {
-                    if !sub.outbox.push(message_frame(row)) {
-                        entry.subs.remove(&conn);
-                        return;
+            if let Some(permits) = permits {
+                for (permit, (seq, frame)) in permits.zip(frames) {
+                    if seq > sub.cursor {
+                        permit.send(frame);
+                        sub.cursor = seq;
                     }
-                    sub.cursor = row.seq;
                 }
             }
-            if rows.len() as i64 == READ_LIMIT {
+            if rows.len() as i64 == chunk {
                 continue;
             }
             if sub.cursor >= head {

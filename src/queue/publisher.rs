@@ -207,12 +207,7 @@ pub async fn commit_batch(pool: &PgPool, reqs: &[&PublishRequest]) -> sqlx::Resu
     }
     let match_ids: Vec<Uuid> = match_ids.into_iter().collect();
     let log_channels: Vec<String> = log_channels.into_iter().collect();
-    publish_targets_lock(conn, &match_ids, &log_channels).await?;
-    let existing: HashSet<Uuid> = if match_ids.is_empty() {
-        HashSet::new()
-    } else {
-        matches_existing(conn, &match_ids).await?
-    };
+    let existing = publish_targets_lock(conn, &match_ids, &log_channels).await?;
 
     // 2. Idempotency: keys seen in earlier transactions, and repeats inside this batch.
     let key_of = |r: &PublishRequest| -> Option<KeyId> {
@@ -274,27 +269,21 @@ pub async fn commit_batch(pool: &PgPool, reqs: &[&PublishRequest]) -> sqlx::Resu
     }
 
     // 3. Write: control rows with ids allocated under the locks, log messages, keys.
-    let control_ids = if control_n > 0 {
-        control_ids_allocate(conn, control_n as i64).await?
-    } else {
-        Vec::new()
-    };
+    let mut control_ids = Vec::new();
     if control_n > 0 {
-        let mut ids = Vec::with_capacity(control_n);
         let mut matches = Vec::with_capacity(control_n);
         let mut clients = Vec::with_capacity(control_n);
         let mut names = Vec::with_capacity(control_n);
         let mut datas = Vec::with_capacity(control_n);
         for (r, p) in reqs.iter().zip(&plans) {
-            if let (Plan::Control(n), ChannelKind::Control(m)) = (p, r.channel.kind()) {
-                ids.push(control_ids[*n]);
+            if let (Plan::Control(_), ChannelKind::Control(m)) = (p, r.channel.kind()) {
                 matches.push(m.0);
                 clients.push(r.client.as_ref().map(|c| c.as_str().to_owned()));
                 names.push(r.name.clone());
                 datas.push(r.data.clone());
             }
         }
-        control_insert(conn, &ids, &matches, &clients, &names, &datas).await?;
+        control_ids = control_insert(conn, &matches, &clients, &names, &datas).await?;
     }
     let (seqs, heads) = log_append(conn, &log_msgs).await?;
 
@@ -336,32 +325,28 @@ pub async fn commit_batch(pool: &PgPool, reqs: &[&PublishRequest]) -> sqlx::Resu
     })
 }
 
+/// Takes the publish locks (matches, then channels, each in sorted order: one global
+/// order, so publishers never deadlock) and returns which of the matches exist.
 async fn publish_targets_lock(
     conn: &mut PgConnection,
     match_ids: &[Uuid],
     channels: &[String],
-) -> sqlx::Result<()> {
-    sqlx::query!(
+) -> sqlx::Result<HashSet<Uuid>> {
+    let row = sqlx::query!(
         r#"
         SELECT
           (SELECT bool_and(postgame.lock_enqueue(id))
              FROM (SELECT DISTINCT id FROM unnest($1::uuid[]) AS t(id) ORDER BY id) a) AS m,
           (SELECT bool_and(postgame.lock_channel_publish(c))
-             FROM (SELECT DISTINCT c FROM unnest($2::text[]) AS t(c) ORDER BY c) b) AS c
+             FROM (SELECT DISTINCT c FROM unnest($2::text[]) AS t(c) ORDER BY c) b) AS c,
+          ARRAY(SELECT id FROM postgame.matches WHERE id = ANY($1)) AS "existing!"
         "#,
         match_ids,
         channels
     )
     .fetch_one(conn)
     .await?;
-    Ok(())
-}
-
-async fn matches_existing(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<HashSet<Uuid>> {
-    let rows = sqlx::query_scalar!("SELECT id FROM postgame.matches WHERE id = ANY($1)", ids)
-        .fetch_all(conn)
-        .await?;
-    Ok(rows.into_iter().collect())
+    Ok(row.existing.into_iter().collect())
 }
 
 async fn publish_keys_find(
@@ -410,35 +395,38 @@ async fn publish_keys_insert(conn: &mut PgConnection, keys: &[(KeyId, i64)]) -> 
     Ok(())
 }
 
-async fn control_ids_allocate(conn: &mut PgConnection, n: i64) -> sqlx::Result<Vec<i64>> {
-    sqlx::query_scalar!(
-        r#"SELECT nextval('postgame.control_id_seq') AS "id!" FROM generate_series(1::int8, $1)"#,
-        n
-    )
-    .fetch_all(conn)
-    .await
-}
-
+/// Inserts control rows, allocating their ids in input order (the caller holds the
+/// enqueue locks of their matches), and returns the ids in input order.
 async fn control_insert(
     conn: &mut PgConnection,
-    ids: &[i64],
     matches: &[Uuid],
     clients: &[Option<String>],
     names: &[String],
     datas: &[Value],
-) -> sqlx::Result<()> {
-    sqlx::query!(
+) -> sqlx::Result<Vec<i64>> {
+    // nextval runs after the ORDER BY (volatile target-list expressions are evaluated
+    // after sorting), so ids increase with input position; sorting the returned ids
+    // therefore gives them back in input order.
+    let mut ids = sqlx::query_scalar!(
         r#"
+        WITH input AS (
+            SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[])
+                WITH ORDINALITY AS t(match_id, client_id, name, data, ord)
+        ), ids AS MATERIALIZED (
+            SELECT ord, nextval('postgame.control_id_seq') AS id FROM input ORDER BY ord
+        )
         INSERT INTO postgame.control (id, match_id, client_id, name, data)
-        SELECT * FROM unnest($1::int8[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[])
+        SELECT ids.id, input.match_id, input.client_id, input.name, input.data
+        FROM input JOIN ids USING (ord)
+        RETURNING id
         "#,
-        ids,
         matches,
         clients as &[Option<String>],
         names,
         datas
     )
-    .execute(conn)
+    .fetch_all(conn)
     .await?;
-    Ok(())
+    ids.sort_unstable();
+    Ok(ids)
 }

@@ -106,17 +106,42 @@ impl TestApp {
             .0
     }
 
-    pub async fn create_match(&self, token: &str, game: &str, config: Value) -> String {
+    /// GET `path` with `token`: the status and the JSON body (Null when not JSON).
+    pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
         let r = self
             .http
-            .post(self.url("/v1/matches"))
+            .get(self.url(path))
             .bearer_auth(token)
-            .json(&json!({ "game": game, "config": config }))
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 201, "{:?}", r.text().await);
-        let body: Value = r.json().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// POST `body` as JSON to `path` with `token`: the status and the JSON body.
+    pub async fn post(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn create_match(&self, token: &str, game: &str, config: Value) -> String {
+        let (status, body) = self
+            .post(
+                "/v1/matches",
+                token,
+                &json!({ "game": game, "config": config }),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
         body["id"].as_str().unwrap().to_owned()
     }
 
@@ -275,6 +300,34 @@ impl Client {
             .await
     }
 
+    /// The next `message` on `channel`, or how the connection closed.
+    pub async fn try_message(&mut self, channel: &str) -> Result<Value, Closed> {
+        if let Some(i) = self
+            .buffered
+            .iter()
+            .position(|v| v["op"] == "message" && v["channel"] == channel)
+        {
+            return Ok(self.buffered.remove(i).unwrap());
+        }
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next()).await {
+                Err(_) => panic!("nothing within {WAIT:?}"),
+                Ok(None) | Ok(Some(Err(_))) => return Err(Closed::Abrupt),
+                Ok(Some(Ok(Message::Close(f)))) => {
+                    return Err(Closed::Code(f.map_or(1005, |f| u16::from(f.code))))
+                }
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                    if v["op"] == "message" && v["channel"] == channel {
+                        return Ok(v);
+                    }
+                    self.buffered.push_back(v);
+                }
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+
     /// The next message named `name` on `channel`.
     pub async fn named(&mut self, channel: &str, name: &str) -> Value {
         let (channel, name) = (channel.to_owned(), name.to_owned());
@@ -311,5 +364,16 @@ impl Client {
                 Ok(Some(Ok(_))) => {}
             }
         }
+    }
+}
+
+/// Plays Tic Tac Toe moves `(player, cell)` (player 0 is `x`, 1 is `o`), each waiting for
+/// the mover to see its move in a state broadcast.
+pub async fn play(x: &mut Client, o: &mut Client, match_id: &str, moves: &[(usize, usize)]) {
+    for &(player, cell) in moves {
+        let c = if player == 0 { &mut *x } else { &mut *o };
+        c.act(match_id, "move", json!({ "cell": cell })).await;
+        c.state_until(match_id, |s| s["board"][cell] != Value::Null)
+            .await;
     }
 }

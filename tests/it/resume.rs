@@ -3,7 +3,7 @@
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::helpers::TestApp;
+use crate::helpers::{play, TestApp};
 
 #[sqlx::test]
 async fn a_client_that_resumes_with_since_gets_exactly_what_it_missed(
@@ -73,12 +73,7 @@ async fn resuming_a_match_mid_game_replays_the_missed_states(
         .await;
     let seen = m["seq"].as_i64().unwrap();
     drop(watcher);
-    for (player, cell) in [(0, 4), (1, 0), (0, 8)] {
-        let c = if player == 0 { &mut x } else { &mut o };
-        c.act(&id, "move", json!({ "cell": cell })).await;
-        c.state_until(&id, |s| s["board"][cell] != Value::Null)
-            .await;
-    }
+    play(&mut x, &mut o, &id, &[(0, 4), (1, 0), (0, 8)]).await;
     let mut watcher = app.ws(&app.token("carol")).await;
     let r = watcher.subscribe(&channel, Some(seen)).await;
     assert_eq!(r["recovered"], true);
@@ -112,15 +107,9 @@ async fn history_serves_the_log_oldest_first_with_since_and_limit(
         assert_eq!(r.status(), 201);
     }
     let body: Value = app
-        .http
-        .get(app.url("/v1/channels/news/history?since=3&limit=5"))
-        .bearer_auth(&admin)
-        .send()
+        .get("/v1/channels/news/history?since=3&limit=5", &admin)
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .1;
     let seqs: Vec<i64> = body["messages"]
         .as_array()
         .unwrap()
@@ -130,14 +119,12 @@ async fn history_serves_the_log_oldest_first_with_since_and_limit(
     assert_eq!(seqs, vec![4, 5, 6, 7, 8]);
     assert_eq!(body["messages"][0]["data"], json!({"i": 4}));
     assert!(body["messages"][0]["ts"].is_string());
-    let r = app
-        .http
-        .get(app.url("/v1/channels/news/history?limit=5000"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
+    assert_eq!(
+        app.get("/v1/channels/news/history?limit=5000", &admin)
+            .await
+            .0,
+        400
+    );
     app.shutdown().await;
 }
 

@@ -146,14 +146,7 @@ async fn bad_http_bodies_get_json_errors(_p: PgPoolOptions, opts: PgConnectOptio
         assert_eq!(e["code"], "bad_request", "{body}: {e}");
         assert!(e["message"].as_str().unwrap().len() > 5);
     }
-    let r = app
-        .http
-        .get(app.url("/v1/matches/not-a-uuid"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
+    assert_eq!(app.get("/v1/matches/not-a-uuid", &token).await.0, 404);
     for (method, path, status) in [
         (reqwest::Method::GET, "/v1/matches?limit=abc", 400),
         (
@@ -188,5 +181,64 @@ async fn bad_http_bodies_get_json_errors(_p: PgPoolOptions, opts: PgConnectOptio
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+    app.shutdown().await;
+}
+
+#[sqlx::test]
+async fn a_silent_peer_is_closed_with_4008(_p: PgPoolOptions, opts: PgConnectOptions) {
+    let app = TestApp::spawn_with(opts, postgame::game::Registry::builtin(), |c| {
+        c.heartbeat_seconds = 1
+    })
+    .await;
+    let mut c = app.ws(&app.token("sleepy")).await;
+    // Not reading means not answering pings either: after 2 × heartbeat the server gives up.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert!(matches!(c.closed().await, Closed::Code(4008)));
+    app.shutdown().await;
+}
+
+#[sqlx::test]
+async fn a_subscriber_that_falls_behind_is_cut_off_and_resumes_without_loss(
+    _p: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let app = TestApp::spawn_with(opts, postgame::game::Registry::builtin(), |c| {
+        c.outbox_frames = 8
+    })
+    .await;
+    let admin = app.admin_token();
+    let mut slow = app.ws(&admin).await;
+    assert_eq!(slow.subscribe("firehose", None).await["op"], "subscribed");
+    // Far more than the socket buffers and an 8-frame outbox hold, while it reads nothing.
+    let blob = "x".repeat(40_000);
+    for i in 1..=300 {
+        let (status, _) = app
+            .post(
+                "/v1/channels/firehose/messages",
+                &admin,
+                &json!({"name": "n", "data": {"i": i, "blob": blob}}),
+            )
+            .await;
+        assert_eq!(status, 201);
+    }
+    let mut last = 0;
+    let code = loop {
+        match slow.try_message("firehose").await {
+            Ok(m) => {
+                assert_eq!(m["seq"], last + 1, "in order until the cut");
+                last = m["seq"].as_i64().unwrap();
+            }
+            Err(closed) => break closed,
+        }
+    };
+    assert!(matches!(code, Closed::Code(4008)), "{code:?}");
+    assert!(last < 300, "the slow reader was cut off before the end");
+    let mut back = app.ws(&admin).await;
+    let r = back.subscribe("firehose", Some(last)).await;
+    assert_eq!(r["recovered"], true);
+    for seq in last + 1..=300 {
+        let m = back.message("firehose").await;
+        assert_eq!(m["seq"], seq);
+    }
     app.shutdown().await;
 }

@@ -3,7 +3,7 @@
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::helpers::{Client, TestApp};
+use crate::helpers::{play, Client, TestApp};
 
 struct Table {
     app: TestApp,
@@ -81,12 +81,13 @@ async fn a_full_game_ends_in_a_win_and_the_spectator_sees_every_state_in_order(
         mut spectator,
     } = table(opts).await;
     // X takes the top row: 0, 1, 2 while O plays 3, 4.
-    for (player, cell) in [(0, 0), (1, 3), (0, 1), (1, 4), (0, 2)] {
-        let c = if player == 0 { &mut x } else { &mut o };
-        c.act(&id, "move", json!({ "cell": cell })).await;
-        c.state_until(&id, |s| s["board"][cell] != Value::Null)
-            .await;
-    }
+    play(
+        &mut x,
+        &mut o,
+        &id,
+        &[(0, 0), (1, 3), (0, 1), (1, 4), (0, 2)],
+    )
+    .await;
     let log = spectator_log(&mut spectator, &id, |s| s["status"] == "won").await;
     assert_consecutive(&log);
     let states: Vec<&Value> = log
@@ -110,15 +111,9 @@ async fn a_full_game_ends_in_a_win_and_the_spectator_sees_every_state_in_order(
 
     // HTTP shows the same final state, and the lobby/status columns agree.
     let m: Value = app
-        .http
-        .get(app.url(&format!("/v1/matches/{id}")))
-        .bearer_auth(app.token("carol"))
-        .send()
+        .get(&format!("/v1/matches/{id}"), &app.token("carol"))
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .1;
     assert_eq!(m["status"], "won");
     assert_eq!(m["state"]["winner"], "X");
     app.shutdown().await;
@@ -134,22 +129,23 @@ async fn a_full_game_can_end_in_a_draw(_p: PgPoolOptions, opts: PgConnectOptions
         mut spectator,
     } = table(opts).await;
     // X O X / X O O / O X X: no line.
-    for (player, cell) in [
-        (0, 0),
-        (1, 1),
-        (0, 2),
-        (1, 4),
-        (0, 3),
-        (1, 5),
-        (0, 7),
-        (1, 6),
-        (0, 8),
-    ] {
-        let c = if player == 0 { &mut x } else { &mut o };
-        c.act(&id, "move", json!({ "cell": cell })).await;
-        c.state_until(&id, |s| s["board"][cell] != Value::Null)
-            .await;
-    }
+    play(
+        &mut x,
+        &mut o,
+        &id,
+        &[
+            (0, 0),
+            (1, 1),
+            (0, 2),
+            (1, 4),
+            (0, 3),
+            (1, 5),
+            (0, 7),
+            (1, 6),
+            (0, 8),
+        ],
+    )
+    .await;
     let log = spectator_log(&mut spectator, &id, |s| {
         s["status"] != "playing" && s["status"] != "waiting"
     })
@@ -300,12 +296,13 @@ async fn both_players_asking_for_a_rematch_swap_sides(_p: PgPoolOptions, opts: P
         c.act(&id2, "join", json!({})).await;
     }
     x.state_until(&id2, |s| s["status"] == "playing").await;
-    for (player, cell) in [(0, 0), (1, 3), (0, 1), (1, 4), (0, 2)] {
-        let c = if player == 0 { &mut x } else { &mut o };
-        c.act(&id2, "move", json!({ "cell": cell })).await;
-        c.state_until(&id2, |s| s["board"][cell] != Value::Null)
-            .await;
-    }
+    play(
+        &mut x,
+        &mut o,
+        &id2,
+        &[(0, 0), (1, 3), (0, 1), (1, 4), (0, 2)],
+    )
+    .await;
     x.act(&id2, "rematch", json!({})).await;
     o.act(&id2, "rematch", json!({})).await;
     let s = x
@@ -338,15 +335,12 @@ async fn the_lobby_hears_of_every_match_status(_p: PgPoolOptions, opts: PgConnec
     assert_eq!(statuses, vec!["waiting", "playing", "won"]);
     // And the list endpoint shows it, filtered by status.
     let list: Value = app
-        .http
-        .get(app.url("/v1/matches?game=tictactoe&status=won"))
-        .bearer_auth(app.token("lurker"))
-        .send()
+        .get(
+            "/v1/matches?game=tictactoe&status=won",
+            &app.token("lurker"),
+        )
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .1;
     assert_eq!(list["matches"][0]["id"], id.as_str());
     assert_eq!(list["matches"].as_array().unwrap().len(), 1);
     app.shutdown().await;

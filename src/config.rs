@@ -27,6 +27,59 @@ pub enum Command {
     Serve(ServeConfig),
     /// Apply the database migrations and exit.
     Migrate(DatabaseConfig),
+    /// Run a benchmark scenario against a fresh database.
+    Bench(BenchArgs),
+}
+
+/// `postgame bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub scenario: Scenario,
+
+    /// The server to benchmark on: a fresh database is created beside this one.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@localhost:5432/postgame",
+        global = true
+    )]
+    pub database_url: String,
+
+    /// Use the database of `--database-url` as it is instead of a fresh one.
+    #[arg(long, global = true)]
+    pub in_place: bool,
+
+    /// Print one JSON object instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// The benchmark scenarios.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Scenario {
+    /// Simulated players over real WebSockets playing Tic Tac Toe: moves per second and
+    /// publish-to-`state` latency at the opponent.
+    E2e(E2eArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct E2eArgs {
+    /// Simulated players (two per match).
+    #[arg(long, default_value_t = 200)]
+    pub players: usize,
+
+    /// Offered load in moves per second over all matches; as fast as possible when absent.
+    #[arg(long)]
+    pub rate: Option<f64>,
+
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+
+    /// Worker tasks of the in-process server.
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
 }
 
 /// Where the database is.
@@ -109,6 +162,14 @@ pub struct ServeConfig {
     #[arg(long, env = "POSTGAME_GUEST_TOKEN_HOURS", default_value_t = 24)]
     pub guest_token_hours: i64,
 
+    /// Ticker tasks in this process.
+    #[arg(long, env = "POSTGAME_TICKERS", default_value_t = 1)]
+    pub tickers: usize,
+
+    /// Due matches one ticker claims per transaction.
+    #[arg(long, env = "POSTGAME_TICK_BATCH", default_value_t = 100)]
+    pub tick_batch: i64,
+
     /// Most database connections this process opens (besides its one LISTEN connection).
     #[arg(long, env = "POSTGAME_DB_CONNECTIONS", default_value_t = 16)]
     pub db_connections: u32,
@@ -121,7 +182,7 @@ impl ServeConfig {
         match cli.command {
             Command::Serve(c) => c,
             // Cannot happen: the arguments above name `serve`.
-            Command::Migrate(_) => unreachable!("parsed `serve`"),
+            _ => unreachable!("parsed `serve`"),
         }
     }
 

@@ -8,14 +8,17 @@
 //! - [`matches`]: the match store (create, read, load and save in a transaction).
 //! - [`queue`]: the durable control queue and the gateway's group-committing publisher.
 //! - [`worker`]: applies control messages to match state, exactly once, in order.
+//! - [`ticker`]: runs every match's clock (due `next_tick_at`), shared by any number of tickers.
 //! - [`broadcast`]: the message log, NOTIFY/LISTEN wake-ups, fan-out, retention.
 //! - [`gateway`]: HTTP and WebSocket.
+//! - [`bench`]: `postgame bench`, the load generators.
 //!
 //! [`start`] runs the roles of one process; `main.rs` only parses flags and waits for a
 //! signal.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod bench;
 pub mod broadcast;
 pub mod config;
 pub mod game;
@@ -24,6 +27,7 @@ pub mod ids;
 pub mod matches;
 pub mod queue;
 pub mod store;
+pub mod ticker;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -157,8 +161,21 @@ pub async fn start(
     }
 
     if config.runs(Role::Ticker) {
-        // The clock (turn timers, reconnect grace, game loops) is the tickers issue; the
-        // games already compute `next_tick_at`, which is stored with every match.
+        // Match clocks: every ticker task claims whichever matches are due; they wake on
+        // `tick_local` (this process's workers, or TOPIC_TICK through the listener).
+        let ticker = ticker::Ticker::new(
+            pool.clone(),
+            games.clone(),
+            Arc::clone(&notifier),
+            ticker::TickerConfig::new(config.tick_batch, config.poll_interval()),
+        );
+        for _ in 0..config.tickers {
+            tasks.spawn(
+                ticker
+                    .clone()
+                    .run(Arc::clone(&notifier.tick_local), stop.clone()),
+            );
+        }
         routes.tick = Some(Arc::clone(&notifier.tick_local));
     }
 
@@ -199,6 +216,14 @@ pub async fn start(
         let router = gateway::router(app);
         let serve_stop = stop.clone();
         tasks.spawn(async move {
+            use axum::serve::ListenerExt;
+            // Small frames must leave at once: without TCP_NODELAY, Nagle's algorithm and
+            // delayed ACKs add ~40 ms to a reply that follows a write.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+            });
             let r = axum::serve(listener, router)
                 .with_graceful_shutdown(serve_stop.cancelled_owned())
                 .await;

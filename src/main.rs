@@ -11,6 +11,7 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
+        .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
         Command::Migrate(db) => {
@@ -20,6 +21,7 @@ async fn main() -> anyhow::Result<()> {
             postgame::store::migrate(&pool).await?;
             tracing::info!("migrations applied");
         }
+        Command::Bench(args) => postgame::bench::run(args).await?,
         Command::Serve(config) => {
             let listener = if config.runs(Role::Gateway) {
                 Some(tokio::net::TcpListener::bind(config.listen).await?)

@@ -1,6 +1,8 @@
 //! The match store: creating matches, reading them for the HTTP API, and loading and saving
 //! them inside worker and ticker transactions. It also turns a game's [`Outgoing`]
-//! messages into log messages (channel names, lobby announcements of status changes).
+//! messages into log messages (channel names, lobby announcements of status changes), and
+//! [`BatchWrites`] collects what one worker or ticker transaction writes, so both roles
+//! turn a game's [`Applied`] into rows the same way.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -9,7 +11,7 @@ use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 use crate::broadcast::{log_append, NewMessage};
-use crate::game::{DynGame, Outgoing, To};
+use crate::game::{Applied, DynGame, Outgoing, To};
 use crate::ids::{Channel, MatchId, Seq};
 
 /// A match as the HTTP API shows it.
@@ -171,6 +173,8 @@ pub struct LoadedMatch {
     pub status: String,
     pub config: Value,
     pub state: Value,
+    /// The schedule as stored, to tell whether a change moved the next tick earlier.
+    pub next_tick_at: Option<DateTime<Utc>>,
 }
 
 /// Loads matches for change. The caller holds their match locks; the row lock is
@@ -179,7 +183,7 @@ pub async fn matches_load(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result
     sqlx::query_as!(
         LoadedMatch,
         r#"
-        SELECT id, game, status, config, state
+        SELECT id, game, status, config, state, next_tick_at
         FROM postgame.matches WHERE id = ANY($1)
         FOR NO KEY UPDATE
         "#,
@@ -231,4 +235,62 @@ pub async fn matches_save(conn: &mut PgConnection, updates: &[MatchUpdate]) -> s
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// What one worker or ticker transaction writes: the matches to save and the messages to
+/// append to the log, in the order the matches were processed.
+#[derive(Debug, Default)]
+pub struct BatchWrites {
+    pub updates: Vec<MatchUpdate>,
+    pub messages: Vec<NewMessage>,
+    /// Whether some match's next tick appeared or moved earlier than stored: the tickers
+    /// sleeping until the earliest tick they know of must be woken.
+    pub tick_sooner: bool,
+}
+
+impl BatchWrites {
+    /// Records the outcome of running inputs (or a tick) on `m`: its outgoing messages, a
+    /// lobby announcement for every status transition, and the update to save, unless
+    /// nothing was applied. Returns how many steps were applied and the error that stopped
+    /// them, if any.
+    pub fn record(&mut self, m: &LoadedMatch, applied: Applied) -> (usize, Option<String>) {
+        let Applied {
+            next,
+            out,
+            applied,
+            statuses,
+            error,
+        } = applied;
+        if let Some((state, status, next_tick_at)) = next {
+            let id = MatchId(m.id);
+            self.messages.extend(outgoing_messages(id, &out));
+            let mut previous = m.status.as_str();
+            for s in &statuses {
+                if *s != previous {
+                    self.messages.push(lobby_announcement(id, &m.game, s));
+                    previous = s;
+                }
+            }
+            if let Some(next) = next_tick_at {
+                self.tick_sooner |= m.next_tick_at.map_or(true, |stored| next < stored);
+            }
+            self.updates.push(MatchUpdate {
+                id: m.id,
+                state,
+                status: status.to_owned(),
+                view: latest_view(&out),
+                next_tick_at,
+                steps: applied as i64,
+            });
+        }
+        (applied, error)
+    }
+
+    /// Saves the matches and appends the messages, in the caller's transaction. Returns
+    /// the channel heads to announce after the commit.
+    pub async fn write(&self, conn: &mut PgConnection) -> sqlx::Result<Vec<(String, Seq)>> {
+        matches_save(&mut *conn, &self.updates).await?;
+        let (_, heads) = log_append(conn, &self.messages).await?;
+        Ok(heads)
+    }
 }

@@ -184,6 +184,8 @@ pub async fn match_create_handler(
             CreateError::Db(e) => e.into(),
         })?;
     app.notifier.heads(&heads);
+    // A new match may need its clock before any ticker would look again.
+    app.notifier.tick_scheduled();
     metrics::counter!("postgame_matches_created_total").increment(1);
     Ok((StatusCode::CREATED, Json(info)))
 }

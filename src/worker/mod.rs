@@ -19,12 +19,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::broadcast::notify::Notifier;
-use crate::broadcast::{log_append, NewMessage};
 use crate::game::{Input, Registry, PRESENCE_CONNECTED, PRESENCE_DISCONNECTED};
 use crate::ids::{ClientId, MatchId};
-use crate::matches::{
-    latest_view, lobby_announcement, matches_load, matches_save, outgoing_messages, MatchUpdate,
-};
+use crate::matches::{matches_load, BatchWrites};
 use crate::queue::{
     control_claim, control_delete, control_fail, control_holds_clear, ControlRow, Failure,
 };
@@ -127,8 +124,7 @@ impl Worker {
             .map(|m| (m.id, m))
             .collect();
 
-        let mut updates = Vec::new();
-        let mut messages: Vec<NewMessage> = Vec::new();
+        let mut writes = BatchWrites::default();
         let mut processed: Vec<i64> = Vec::new();
         let mut unheld: Vec<Uuid> = Vec::new();
         let mut failures: Vec<(ControlRow, String)> = Vec::new();
@@ -154,42 +150,21 @@ impl Worker {
                     }
                 }
             }
-            let id = MatchId(*match_id);
-            let applied = game.apply(id, &m.config, &m.state, &inputs, now);
-            if let Some((state, status, next_tick_at)) = applied.next {
-                messages.extend(outgoing_messages(id, &applied.out));
-                let mut previous = m.status.as_str();
-                for s in &applied.statuses {
-                    if *s != previous {
-                        messages.push(lobby_announcement(id, &m.game, s));
-                        previous = s;
-                    }
-                }
-                updates.push(MatchUpdate {
-                    id: *match_id,
-                    state,
-                    status: status.to_owned(),
-                    view: latest_view(&applied.out),
-                    next_tick_at,
-                    steps: applied.applied as i64,
-                });
-                processed.extend(group[..applied.applied].iter().map(|r| r.id));
+            let applied = game.apply(MatchId(*match_id), &m.config, &m.state, &inputs, now);
+            let (n, error) = writes.record(m, applied);
+            if n > 0 {
+                processed.extend(group[..n].iter().map(|r| r.id));
                 if group[0].attempts > 0 {
                     unheld.push(*match_id);
                 }
             }
-            let error = applied.error.or(if applied.applied == inputs.len() {
-                bad_input
-            } else {
-                None
-            });
+            let error = error.or(if n == inputs.len() { bad_input } else { None });
             if let Some(error) = error {
-                failures.push((group[applied.applied].clone(), error));
+                failures.push((group[n].clone(), error));
             }
         }
 
-        matches_save(&mut tx, &updates).await?;
-        let (_, heads) = log_append(&mut tx, &messages).await?;
+        let heads = writes.write(&mut tx).await?;
         control_delete(&mut tx, &processed).await?;
         control_holds_clear(&mut tx, &unheld).await?;
         let mut dead = 0;
@@ -203,7 +178,8 @@ impl Worker {
         tx.commit().await?;
 
         self.notifier.heads(&heads);
-        if updates.iter().any(|u| u.next_tick_at.is_some()) {
+        // Only a tick that appeared or moved earlier can be missed by a sleeping ticker.
+        if writes.tick_sooner {
             self.notifier.tick_scheduled();
         }
         metrics::counter!("postgame_control_applied_total").increment(processed.len() as u64);

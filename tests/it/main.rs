@@ -6,7 +6,9 @@
 mod helpers;
 mod ledger;
 
+mod bench;
 mod capabilities;
+mod clock;
 mod concurrency;
 mod resilience;
 mod resume;

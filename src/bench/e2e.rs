@@ -1,0 +1,287 @@
+//! `postgame bench e2e`: C simulated players over real WebSockets in C/2 Tic Tac Toe
+//! matches on an in-process server with every role. The player to move publishes its move
+//! as soon as the previous `state` arrives (or at its slot of a fixed offered load with
+//! `--rate`); finished games are rematched. Measured: moves per second, and the latency
+//! from sending the `publish` to the opponent receiving the `state` that shows the move:
+//! the whole loop (gateway commit, worker transaction, NOTIFY, log read, fan-out).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use super::{histogram, progress, Latency, Report};
+use crate::config::{E2eArgs, ServeConfig};
+use crate::game::Registry;
+use crate::gateway::auth::Auth;
+
+const SECRET: &str = "postgame-bench-secret";
+
+type Sink = futures_util::stream::SplitSink<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    Message,
+>;
+
+/// One player's socket: frames go out through `sink`; a reader task forwards its
+/// frames, tagged with the side, to the pair's channel.
+async fn connect(
+    addr: std::net::SocketAddr,
+    token: &str,
+    side: usize,
+    to_pair: mpsc::Sender<(usize, Value, Instant)>,
+) -> anyhow::Result<Sink> {
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(
+        format!("ws://{addr}/v1/ws?token={token}"),
+        None,
+        true,
+    )
+    .await
+    .context("WebSocket connect")?;
+    let (sink, mut stream) = ws.split();
+    tokio::spawn(async move {
+        while let Some(Ok(m)) = stream.next().await {
+            if let Message::Text(t) = m {
+                let at = Instant::now();
+                if let Ok(v) = serde_json::from_str::<Value>(t.as_str()) {
+                    if to_pair.send((side, v, at)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    Ok(sink)
+}
+
+async fn send(sink: &mut Sink, v: Value) -> anyhow::Result<()> {
+    sink.send(Message::text(v.to_string()))
+        .await
+        .context("WebSocket send")
+}
+
+struct Shared {
+    hist: Mutex<hdrhistogram::Histogram<u64>>,
+    moves: Arc<AtomicU64>,
+    errors: AtomicU64,
+}
+
+/// Plays one match until `stop`.
+async fn play_pair(
+    addr: std::net::SocketAddr,
+    match_id: String,
+    names: [String; 2],
+    pace: Option<Duration>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let auth = Auth::new(SECRET);
+    let (tx, mut rx) = mpsc::channel(1024);
+    let mut sinks = Vec::new();
+    for (side, name) in names.iter().enumerate() {
+        let token = auth.issue(name, None, None, chrono::Duration::hours(2)).0;
+        sinks.push(connect(addr, &token, side, tx.clone()).await?);
+    }
+    drop(tx);
+    let channel = format!("match:{match_id}");
+    let control = format!("control:{match_id}");
+    for sink in sinks.iter_mut() {
+        send(sink, json!({"op": "subscribe", "channel": channel})).await?;
+        send(
+            sink,
+            json!({"op": "publish", "channel": control, "name": "join", "data": {}}),
+        )
+        .await?;
+    }
+    // The newest state seen by side 0 (both sides see the same sequence).
+    let mut state = Value::Null;
+    let mut next_slot = Instant::now();
+    let mut seq = 0u64;
+    loop {
+        // Wait until the match is playing (start, or after a rematch).
+        while state["status"] != "playing" {
+            if state["status"] == "won" || state["status"] == "draw" {
+                for sink in sinks.iter_mut() {
+                    send(
+                        sink,
+                        json!({"op": "publish", "channel": control, "name": "rematch", "data": {}}),
+                    )
+                    .await?;
+                }
+            }
+            let want_game = state["game_no"].as_i64().unwrap_or(0);
+            loop {
+                let (side, frame, _) = tokio::select! {
+                    f = rx.recv() => f.context("connection closed")?,
+                    _ = stop.cancelled() => return Ok(()),
+                };
+                if side == 0 && frame["name"] == "state" {
+                    let s = &frame["data"];
+                    if s["status"] == "playing"
+                        || s["game_no"].as_i64() != Some(want_game)
+                        || state.is_null()
+                    {
+                        state = s.clone();
+                        break;
+                    }
+                }
+            }
+        }
+        if stop.is_cancelled() {
+            return Ok(());
+        }
+        let turn = state["turn"].as_str().unwrap_or("X");
+        let mover_id = state["players"][turn].as_str().unwrap_or_default();
+        let Some(mover) = names.iter().position(|n| n == mover_id) else {
+            bail!("unexpected players {}", state["players"]);
+        };
+        let Some(cell) = state["board"]
+            .as_array()
+            .and_then(|b| b.iter().position(Value::is_null))
+        else {
+            bail!("a playing board with no free cell");
+        };
+        if let Some(p) = pace {
+            next_slot += p;
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_slot) => {}
+                _ = stop.cancelled() => return Ok(()),
+            }
+        }
+        let moves_before = state["move_count"].as_i64().unwrap_or(0);
+        let game_no = state["game_no"].clone();
+        seq += 1;
+        let sent = Instant::now();
+        send(
+            &mut sinks[mover],
+            json!({"op": "publish", "id": seq, "channel": control, "name": "move", "data": {"cell": cell}}),
+        )
+        .await?;
+        let opponent = 1 - mover;
+        loop {
+            let (side, frame, at) = tokio::select! {
+                f = rx.recv() => f.context("connection closed")?,
+                _ = stop.cancelled() => return Ok(()),
+            };
+            if frame["op"] == "error" {
+                shared.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            if side == opponent
+                && frame["name"] == "state"
+                && frame["data"]["game_no"] == game_no
+                && frame["data"]["move_count"].as_i64() == Some(moves_before + 1)
+            {
+                let us = at.duration_since(sent).as_micros() as u64;
+                if let Ok(mut h) = shared.hist.lock() {
+                    let _ = h.record(us.max(1));
+                }
+                shared.moves.fetch_add(1, Ordering::Relaxed);
+                state = frame["data"].clone();
+                break;
+            }
+        }
+    }
+}
+
+/// Runs the scenario against the database at `db_url`.
+pub async fn run(db_url: &str, args: &E2eArgs, show_progress: bool) -> anyhow::Result<Report> {
+    if args.players < 2 || args.players % 2 != 0 {
+        bail!("--players must be an even number of at least 2");
+    }
+    let mut config = ServeConfig::defaults(db_url);
+    config.secret = SECRET.into();
+    config.workers = args.workers.max(1);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let server = crate::start(config, Registry::builtin(), Some(listener)).await?;
+    let addr = server.addr.context("the gateway runs")?;
+    let games = Registry::builtin();
+    let game = games.get("tictactoe").context("tictactoe is built in")?;
+    let pairs = args.players / 2;
+    let mut ids = Vec::with_capacity(pairs);
+    for _ in 0..pairs {
+        let (info, _) = crate::matches::match_create(
+            &server.pool,
+            game.as_ref(),
+            &json!({"turn_seconds": 3600, "reconnect_seconds": 3600}),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("creating a match: {e}"))?;
+        ids.push(info.id.to_string());
+    }
+    let shared = Arc::new(Shared {
+        hist: Mutex::new(histogram()),
+        moves: Arc::new(AtomicU64::new(0)),
+        errors: AtomicU64::new(0),
+    });
+    let pace = args
+        .rate
+        .filter(|r| *r > 0.0)
+        .map(|r| Duration::from_secs_f64(pairs as f64 / r));
+    let stop = CancellationToken::new();
+    let total = Duration::from_secs_f64(args.duration.max(0.1));
+    let bar =
+        show_progress.then(|| progress("moves", Arc::clone(&shared.moves), total, stop.clone()));
+    let mut tasks = Vec::new();
+    for (i, id) in ids.into_iter().enumerate() {
+        let names = [format!("bench-{i}-a"), format!("bench-{i}-b")];
+        tasks.push(tokio::spawn(play_pair(
+            addr,
+            id,
+            names,
+            pace,
+            Arc::clone(&shared),
+            stop.clone(),
+        )));
+    }
+    // Measure only once every pair is connected and playing: reset after a warm-up.
+    let warmup = Duration::from_secs_f64((args.duration * 0.1).clamp(0.2, 2.0));
+    tokio::time::sleep(warmup).await;
+    let start_count = shared.moves.load(Ordering::Relaxed);
+    if let Ok(mut h) = shared.hist.lock() {
+        h.reset();
+    }
+    let started = Instant::now();
+    tokio::time::sleep(total).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let count = shared.moves.load(Ordering::Relaxed) - start_count;
+    stop.cancel();
+    let mut failures = 0;
+    for t in tasks {
+        if let Ok(Err(e)) = t.await {
+            failures += 1;
+            tracing::warn!(error = %e, "a bench pair failed");
+        }
+    }
+    if let Some(bar) = bar {
+        let _ = bar.await;
+    }
+    server.shutdown().await;
+    let latency = shared
+        .hist
+        .lock()
+        .map(|h| Latency::of(&h))
+        .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
+    Ok(Report {
+        scenario: "e2e",
+        throughput_per_s: count as f64 / elapsed,
+        unit: "moves",
+        count,
+        errors: shared.errors.load(Ordering::Relaxed) + failures,
+        elapsed_s: elapsed,
+        latency_ms: latency,
+        latency_of: "publish to the opponent receiving the state with the move",
+        params: json!({
+            "players": args.players,
+            "matches": pairs,
+            "rate": args.rate,
+            "duration_s": args.duration,
+            "workers": args.workers,
+        }),
+    })
+}

@@ -1,0 +1,184 @@
+//! `postgame bench <scenario>`: load generators built into the binary (like `pgbench`).
+//! Each scenario creates its own database on the server of `DATABASE_URL` (dropped at the
+//! end; `--in-place` uses that database as it is), starts the roles it needs in-process,
+//! shows progress on stderr, and ends with a table, or with one JSON object (`--json`)
+//! holding at least `scenario`, `throughput_per_s` and `latency_ms` (`p50`, `p90`, `p99`,
+//! `max`, from an HDR histogram) plus the parameters it ran with.
+
+pub mod e2e;
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::migrate::MigrateDatabase;
+use sqlx::Postgres;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{BenchArgs, Scenario};
+
+/// Runs the scenario the command line names.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let db = BenchDb::prepare(&args.database_url, args.in_place).await?;
+    let result = match &args.scenario {
+        Scenario::E2e(e) => e2e::run(db.url(), e, !args.json).await,
+    };
+    db.finish().await;
+    let report = result?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        report.print();
+    }
+    Ok(())
+}
+
+/// The database a benchmark runs in.
+pub struct BenchDb {
+    url: String,
+    created: bool,
+}
+
+impl BenchDb {
+    /// A fresh database beside the one `base_url` names, or that one when `in_place`.
+    pub async fn prepare(base_url: &str, in_place: bool) -> anyhow::Result<Self> {
+        if in_place {
+            return Ok(Self {
+                url: base_url.to_owned(),
+                created: false,
+            });
+        }
+        let (server, _) = base_url
+            .rsplit_once('/')
+            .context("DATABASE_URL must name a database")?;
+        let name = format!(
+            "postgame_bench_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let url = format!("{server}/{name}");
+        Postgres::create_database(&url)
+            .await
+            .context("cannot create the benchmark database")?;
+        Ok(Self { url, created: true })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Drops the database if this run created it.
+    pub async fn finish(self) {
+        if self.created {
+            if let Err(e) = Postgres::force_drop_database(&self.url).await {
+                eprintln!("warning: could not drop the benchmark database: {e}");
+            }
+        }
+    }
+}
+
+/// Latency figures in milliseconds.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+impl Latency {
+    /// From a histogram of microseconds.
+    pub fn of(h: &Histogram<u64>) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Self {
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p99: ms(h.value_at_quantile(0.99)),
+            max: ms(h.max()),
+            mean: h.mean() / 1000.0,
+        }
+    }
+}
+
+/// What every scenario reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: &'static str,
+    /// The scenario's rate: what it counts is named in `unit`.
+    pub throughput_per_s: f64,
+    pub unit: &'static str,
+    pub count: u64,
+    pub errors: u64,
+    pub elapsed_s: f64,
+    pub latency_ms: Latency,
+    /// What the latency measures.
+    pub latency_of: &'static str,
+    pub params: Value,
+}
+
+impl Report {
+    pub fn print(&self) {
+        let l = &self.latency_ms;
+        println!("scenario     {}", self.scenario);
+        if let Value::Object(params) = &self.params {
+            for (k, v) in params {
+                println!("  {k:<11}{v}");
+            }
+        }
+        println!("elapsed      {:.1} s", self.elapsed_s);
+        println!("{:<13}{} ({} errors)", self.unit, self.count, self.errors);
+        println!("throughput   {:.0} {}/s", self.throughput_per_s, self.unit);
+        println!("latency      {}", self.latency_of);
+        println!(
+            "  p50 {:.2} ms   p90 {:.2} ms   p99 {:.2} ms   max {:.2} ms   mean {:.2} ms",
+            l.p50, l.p90, l.p99, l.max, l.mean
+        );
+    }
+}
+
+/// A new latency histogram: 1 µs to 60 s, 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    // The bounds are constants that hdrhistogram accepts.
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Prints `label: n (rate/s)` on stderr once a second until `stop`.
+pub fn progress(
+    label: &'static str,
+    count: Arc<AtomicU64>,
+    total: Duration,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let start = tokio::time::Instant::now();
+        let mut last = 0;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => break,
+            }
+            let n = count.load(Ordering::Relaxed);
+            let elapsed = start.elapsed().as_secs_f64();
+            let width = 30usize;
+            let done = ((elapsed / total.as_secs_f64()).min(1.0) * width as f64) as usize;
+            eprint!(
+                "\r[{}{}] {:>5.1}/{:.0} s  {label}: {n}  ({}/s)   ",
+                "#".repeat(done),
+                " ".repeat(width - done),
+                elapsed,
+                total.as_secs_f64(),
+                n - last
+            );
+            let _ = std::io::stderr().flush();
+            last = n;
+        }
+        eprintln!();
+    })
+}

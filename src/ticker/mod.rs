@@ -1,0 +1,381 @@
+//! Tickers: every match's clock (turn timers, reconnect grace, game loops).
+//!
+//! A match that needs its clock has a `next_tick_at`; no ticker owns a match. Each
+//! [`Ticker::run_once`] is one transaction: claim a batch of due matches (`next_tick_at <=
+//! now()`, database time only, earliest first), run each game's tick with the scheduled
+//! and the actual time, then save the new states and schedules, append the outgoing
+//! messages (and a lobby announcement per status change) and commit.
+//!
+//! Invariants:
+//! - **Exclusion.** A match is ticked only while its transaction holds
+//!   `postgame.try_lock_match` (the lock workers take for control messages) and its row
+//!   `FOR NO KEY UPDATE`; so no two tickers, and no ticker and worker, change one match at
+//!   once. Busy matches are skipped, never waited for.
+//! - **Exactly once per due time.** The commit moves `next_tick_at` together with the
+//!   state. A ticker killed before its commit changes nothing and its locks die with its
+//!   connection: the match is still due and the next claim, by any ticker, takes it at once.
+//! - **Lateness is the game's choice.** A tick gets [`Tick`] with `scheduled` and `now`;
+//!   the game's `next_tick_at` decides whether a late match catches up (next = scheduled +
+//!   period, possibly already due) or skips to now (next = now + period).
+//! - **A failing tick never stops the ticker.** An error or a panic changes nothing but
+//!   the match's schedule: it is pushed back with a doubling backoff, and after
+//!   [`TickerConfig::max_failures`] consecutive failures the match's clock is stopped
+//!   (`next_tick_at` NULL, error kept in `matches.last_tick_error`).
+//!
+//! [`Ticker::run`] is the policy around it: straight on while something was due, otherwise
+//! sleep until the earliest `next_tick_at`, a wake-up (a worker moved a tick earlier, in
+//! this process or by NOTIFY) or the poll interval, whichever comes first.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgConnection, PgExecutor, PgPool};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::broadcast::notify::Notifier;
+use crate::game::{Registry, Tick};
+use crate::ids::MatchId;
+use crate::matches::{BatchWrites, LoadedMatch};
+
+/// Consecutive failed ticks after which a match's clock is stopped.
+pub const DEFAULT_MAX_FAILURES: i32 = 8;
+/// Push-back after a match's first failed tick; it doubles with every further failure.
+pub const DEFAULT_BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// Longest push-back after a failed tick.
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Pause when matches are due but all of them are locked by other tickers or workers
+/// (they are being handled; look again shortly rather than spin).
+const BUSY_PAUSE: Duration = Duration::from_millis(5);
+
+/// Settings of a ticker.
+#[derive(Debug, Clone)]
+pub struct TickerConfig {
+    /// Due matches claimed per transaction.
+    pub batch_size: i64,
+    /// Longest sleep without looking at the database (the fallback for a lost NOTIFY).
+    pub poll_interval: Duration,
+    /// Consecutive failed ticks after which the match's clock is stopped.
+    pub max_failures: i32,
+    /// Push-back after the first failed tick, doubling per further failure…
+    pub backoff_min: Duration,
+    /// …up to this.
+    pub backoff_max: Duration,
+}
+
+impl TickerConfig {
+    /// A configuration with the default failure policy.
+    pub fn new(batch_size: i64, poll_interval: Duration) -> Self {
+        Self {
+            batch_size: batch_size.max(1),
+            poll_interval,
+            max_failures: DEFAULT_MAX_FAILURES,
+            backoff_min: DEFAULT_BACKOFF_MIN,
+            backoff_max: DEFAULT_BACKOFF_MAX,
+        }
+    }
+
+    /// The push-back after the `failures`-th consecutive failure (1-based).
+    pub fn backoff(&self, failures: i32) -> Duration {
+        let doublings = u32::try_from(failures.saturating_sub(1))
+            .unwrap_or(0)
+            .min(20);
+        self.backoff_min
+            .saturating_mul(1 << doublings)
+            .min(self.backoff_max)
+    }
+}
+
+/// What one [`Ticker::run_once`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// Due matches claimed.
+    pub claimed: usize,
+    /// Ticks that went through.
+    pub ticked: usize,
+    /// Ticks that failed (pushed back or stopped).
+    pub failed: usize,
+}
+
+/// A ticker; cheap to clone, run as many as you like, in as many processes as you like.
+#[derive(Clone)]
+pub struct Ticker {
+    pool: PgPool,
+    games: Registry,
+    notifier: Arc<Notifier>,
+    config: TickerConfig,
+}
+
+/// A claimed due match, with the database's clock at the claim.
+#[derive(Debug)]
+struct DueMatch {
+    id: Uuid,
+    game: String,
+    status: String,
+    config: Value,
+    state: Value,
+    next_tick_at: DateTime<Utc>,
+    tick_failures: i32,
+    now: DateTime<Utc>,
+}
+
+/// A failed tick to record.
+#[derive(Debug)]
+struct TickFailure {
+    id: Uuid,
+    failures: i32,
+    error: String,
+    /// The pushed-back schedule, or `None` when the clock is stopped.
+    next_tick_at: Option<DateTime<Utc>>,
+}
+
+/// Claims up to `limit` due matches, earliest first, skipping matches another ticker or a
+/// worker holds, and locks them (match lock and row). Every row carries the database's
+/// clock, the only "now" a tick sees.
+async fn matches_claim_due(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<DueMatch>> {
+    // The lock function runs on a bounded window of the earliest due matches (a subquery
+    // with a LIMIT is never flattened, and the window comes out of the partial index in
+    // next_tick_at order, so it is evaluated lazily, at most `limit` times successfully).
+    // The outer `next_tick_at <= now()` is re-checked on the latest row version when the
+    // row is locked: a match that another ticker ticked and committed after this
+    // statement's snapshot is no longer due and is left alone.
+    sqlx::query_as!(
+        DueMatch,
+        r#"
+        SELECT m.id, m.game, m.status, m.config, m.state,
+               m.next_tick_at AS "next_tick_at!", m.tick_failures, now() AS "now!"
+        FROM postgame.matches m
+        WHERE m.id = ANY(ARRAY(
+            SELECT w.id FROM (
+                SELECT d.id, d.next_tick_at FROM postgame.matches d
+                WHERE d.next_tick_at <= now()
+                ORDER BY d.next_tick_at
+                LIMIT $1::int8 * 4
+            ) w
+            WHERE postgame.try_lock_match(w.id)
+            ORDER BY w.next_tick_at
+            LIMIT $1))
+          AND m.next_tick_at <= now()
+        ORDER BY m.next_tick_at
+        FOR NO KEY UPDATE SKIP LOCKED
+        "#,
+        limit
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// Records failed ticks: the failure count, the error and the pushed-back (or stopped)
+/// schedule.
+async fn matches_tick_fail(conn: &mut PgConnection, failures: &[TickFailure]) -> sqlx::Result<()> {
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = failures.iter().map(|f| f.id).collect();
+    let counts: Vec<i32> = failures.iter().map(|f| f.failures).collect();
+    let errors: Vec<String> = failures
+        .iter()
+        .map(|f| f.error.chars().take(2000).collect())
+        .collect();
+    let ticks: Vec<Option<DateTime<Utc>>> = failures.iter().map(|f| f.next_tick_at).collect();
+    sqlx::query!(
+        r#"
+        UPDATE postgame.matches m
+        SET tick_failures = u.failures, last_tick_error = u.error,
+            next_tick_at = u.next_tick_at
+        FROM unnest($1::uuid[], $2::int4[], $3::text[], $4::timestamptz[])
+            AS u(id, failures, error, next_tick_at)
+        WHERE m.id = u.id
+        "#,
+        &ids,
+        &counts,
+        &errors,
+        &ticks as &[Option<DateTime<Utc>>]
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Resets the failure count of matches whose tick went through again.
+async fn matches_tick_recover(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query!(
+        "UPDATE postgame.matches SET tick_failures = 0 WHERE id = ANY($1)",
+        ids
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// How long until the earliest scheduled tick, by the database's clock (negative when one
+/// is already due); `None` when no match is on the clock.
+async fn matches_next_tick_in(db: impl PgExecutor<'_>) -> sqlx::Result<Option<f64>> {
+    sqlx::query_scalar!(
+        r#"
+        SELECT extract(epoch FROM min(next_tick_at) - clock_timestamp())::float8
+        FROM postgame.matches
+        "#
+    )
+    .fetch_one(db)
+    .await
+}
+
+impl Ticker {
+    pub fn new(
+        pool: PgPool,
+        games: Registry,
+        notifier: Arc<Notifier>,
+        config: TickerConfig,
+    ) -> Self {
+        Self {
+            pool,
+            games,
+            notifier,
+            config,
+        }
+    }
+
+    /// Claims and ticks one batch of due matches in one transaction.
+    pub async fn run_once(&self) -> sqlx::Result<Outcome> {
+        let mut tx = self.pool.begin().await?;
+        let due = matches_claim_due(&mut tx, self.config.batch_size).await?;
+        if due.is_empty() {
+            tx.commit().await?;
+            return Ok(Outcome::default());
+        }
+        let claimed = due.len();
+        let mut writes = BatchWrites::default();
+        let mut failures = Vec::new();
+        let mut recovered = Vec::new();
+        for row in due {
+            let tick = Tick {
+                scheduled: row.next_tick_at,
+                now: row.now,
+            };
+            let lateness = (tick.now - tick.scheduled).to_std().unwrap_or_default();
+            metrics::histogram!("postgame_tick_lateness_seconds").record(lateness.as_secs_f64());
+            let m = LoadedMatch {
+                id: row.id,
+                game: row.game,
+                status: row.status,
+                config: row.config,
+                state: row.state,
+                next_tick_at: Some(row.next_tick_at),
+            };
+            let error = match self.games.get(&m.game) {
+                Some(game) => {
+                    let applied = game.tick(MatchId(m.id), &m.config, &m.state, tick);
+                    match writes.record(&m, applied) {
+                        (0, error) => error.unwrap_or_else(|| "the tick applied nothing".into()),
+                        _ => {
+                            if row.tick_failures > 0 {
+                                recovered.push(m.id);
+                            }
+                            continue;
+                        }
+                    }
+                }
+                None => format!("unknown game {:?}", m.game),
+            };
+            let failures_now = row.tick_failures.saturating_add(1);
+            let next_tick_at = if failures_now >= self.config.max_failures {
+                tracing::error!(match_id = %m.id, failures = failures_now, error,
+                    "tick failed too often; the match's clock is stopped");
+                None
+            } else {
+                let backoff = self.config.backoff(failures_now);
+                tracing::warn!(match_id = %m.id, failures = failures_now, ?backoff, error,
+                    "tick failed; retrying later");
+                // A backoff of at most a few minutes always fits a chrono duration.
+                Some(tick.now + chrono::Duration::from_std(backoff).unwrap_or_default())
+            };
+            failures.push(TickFailure {
+                id: m.id,
+                failures: failures_now,
+                error,
+                next_tick_at,
+            });
+        }
+
+        let heads = writes.write(&mut tx).await?;
+        matches_tick_fail(&mut tx, &failures).await?;
+        matches_tick_recover(&mut tx, &recovered).await?;
+        tx.commit().await?;
+
+        self.notifier.heads(&heads);
+        let ticked = writes.updates.len();
+        metrics::counter!("postgame_ticks_total").increment(ticked as u64);
+        metrics::counter!("postgame_tick_failures_total").increment(failures.len() as u64);
+        metrics::histogram!("postgame_tick_batch_size").record(claimed as f64);
+        Ok(Outcome {
+            claimed,
+            ticked,
+            failed: failures.len(),
+        })
+    }
+
+    /// How long to sleep when nothing was due: until the earliest scheduled tick, at most
+    /// the poll interval.
+    async fn idle_pause(&self) -> sqlx::Result<Duration> {
+        let poll = self.config.poll_interval;
+        Ok(match matches_next_tick_in(&self.pool).await? {
+            None => poll,
+            Some(s) if s <= 0.0 => BUSY_PAUSE.min(poll),
+            Some(s) => Duration::try_from_secs_f64(s).map_or(poll, |d| d.min(poll)),
+        })
+    }
+
+    /// Ticks until `stop`: straight on while matches were due, otherwise sleeping until the
+    /// earliest `next_tick_at`, `wake` (a tick scheduled sooner, by NOTIFY or by this
+    /// process's workers) or the poll interval; backing off after database errors.
+    pub async fn run(self, wake: Arc<Notify>, stop: CancellationToken) {
+        let mut errors = 0u32;
+        loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            // Armed before the claim, so a wake-up during an empty claim is not lost.
+            let notified = wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let pause = match self.run_once().await {
+                Ok(o) if o.claimed > 0 => {
+                    errors = 0;
+                    continue;
+                }
+                Ok(_) => self.idle_pause().await,
+                Err(e) => Err(e),
+            };
+            let pause = match pause {
+                Ok(p) => {
+                    errors = 0;
+                    p
+                }
+                Err(e) => {
+                    errors += 1;
+                    // 50 ms doubling to 3.2 s: a ticker whose connection died must be back
+                    // within a few game ticks, not seconds.
+                    let pause = Duration::from_millis(50 * 2u64.pow(errors.min(7) - 1));
+                    tracing::warn!(error = %e, ?pause, "ticker failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                    continue;
+                }
+            };
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(pause) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+}

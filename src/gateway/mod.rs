@@ -6,6 +6,7 @@ pub mod auth;
 pub mod error;
 pub mod frames;
 pub mod http;
+pub mod web;
 pub mod ws;
 
 use std::sync::atomic::AtomicU64;
@@ -176,6 +177,11 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/healthz", get(http::healthz))
         .route("/readyz", get(http::readyz))
         .route("/metrics", get(http::metrics))
+        .route("/", get(web::index))
+        .route("/postgame.js", get(web::postgame_js))
+        .route("/postgame.d.ts", get(web::postgame_d_ts))
+        .route("/app.js", get(web::app_js))
+        .route("/style.css", get(web::style_css))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

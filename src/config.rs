@@ -61,6 +61,132 @@ pub enum Scenario {
     /// Simulated players over real WebSockets playing Tic Tac Toe: moves per second and
     /// publish-to-`state` latency at the opponent.
     E2e(E2eArgs),
+    /// Enqueue control messages (in bulk and one by one), then drain them with workers
+    /// running a no-op game: drain rate and enqueue-to-processed latency.
+    Queue(QueueArgs),
+    /// WebSocket subscribers on one channel (or several) and a publisher at a fixed rate:
+    /// deliveries per second and publish-to-delivery latency.
+    Fanout(FanoutArgs),
+    /// Tickers driving many matches at a fixed rate: achieved ticks per second against
+    /// requested, and tick lateness.
+    Ticks(TicksArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct QueueArgs {
+    /// Control messages to enqueue.
+    #[arg(long, default_value_t = 50_000)]
+    pub messages: u64,
+
+    /// Matches the messages are spread over.
+    #[arg(long, default_value_t = 1000)]
+    pub matches: usize,
+
+    /// Worker tasks draining the queue.
+    #[arg(long, default_value_t = 16)]
+    pub workers: usize,
+
+    /// Control messages per worker transaction.
+    #[arg(long, default_value_t = 100)]
+    pub batch_size: i64,
+
+    /// Of the `--messages`, how many are enqueued one per transaction (the rest in bulk).
+    #[arg(long, default_value_t = 5000)]
+    pub one_by_one: u64,
+
+    /// Concurrent producers of the one-by-one enqueues.
+    #[arg(long, default_value_t = 16)]
+    pub producers: usize,
+
+    /// Messages of the latency phase: enqueued one by one at `--latency-rate` while the
+    /// workers run, each timed from its enqueue commit to the commit that applied it.
+    #[arg(long, default_value_t = 2000)]
+    pub latency_messages: u64,
+
+    /// Offered load of the latency phase, in messages per second.
+    #[arg(long, default_value_t = 1000.0)]
+    pub latency_rate: f64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FanoutArgs {
+    /// WebSocket subscribers.
+    #[arg(long, default_value_t = 1000)]
+    pub subscribers: usize,
+
+    /// Messages per second the publisher sends.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+
+    /// Channels the subscribers are spread over.
+    #[arg(long, default_value_t = 1)]
+    pub channels: usize,
+
+    /// Bytes of payload per message.
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
+
+    /// Measure a bare tokio broadcast server with no database instead (the baseline).
+    #[arg(long)]
+    pub baseline: bool,
+
+    /// The bare server's WebSocket read buffer, in bytes (axum's default is 131072).
+    #[arg(long, default_value_t = 4096)]
+    pub baseline_read_buffer: usize,
+
+    /// Publish into the subscribers' own gateway (woken in-process) instead of a second
+    /// gateway that reaches them through NOTIFY/LISTEN.
+    #[arg(long)]
+    pub one_gateway: bool,
+
+    /// Run the subscribers' server in a separate process (`postgame serve --role gateway`,
+    /// or the bare server with `--baseline`), so its RSS is measured alone.
+    #[arg(long)]
+    pub process: bool,
+
+    /// Extra subscribers that read nothing while the publisher runs (reported apart).
+    #[arg(long, default_value_t = 0)]
+    pub slow: usize,
+
+    /// Only serve the bare baseline server on this address, until interrupted (the server
+    /// process of `--baseline --process`).
+    #[arg(long, hide = true)]
+    pub serve_baseline: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TicksArgs {
+    /// Matches to tick.
+    #[arg(long, default_value_t = 1000)]
+    pub matches: usize,
+
+    /// Ticks per second per match.
+    #[arg(long, default_value_t = 20.0)]
+    pub hz: f64,
+
+    /// Ticker tasks (or processes with --processes).
+    #[arg(long, default_value_t = 2)]
+    pub tickers: usize,
+
+    /// Seconds to run.
+    #[arg(long, default_value_t = 60.0)]
+    pub duration: f64,
+
+    /// The game to tick: `pong` (the 20 Hz game) or `noop`.
+    #[arg(long, default_value = "pong")]
+    pub game: String,
+
+    /// Run the tickers as separate `postgame serve --role ticker` processes.
+    #[arg(long)]
+    pub processes: bool,
+
+    /// Due matches one ticker claims per transaction (also the baseline's batch).
+    #[arg(long, default_value_t = 100)]
+    pub tick_batch: i64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -170,6 +296,10 @@ pub struct ServeConfig {
     #[arg(long, env = "POSTGAME_TICK_BATCH", default_value_t = 100)]
     pub tick_batch: i64,
 
+    /// Hours an ended match (won, drawn, abandoned) is kept before it is deleted.
+    #[arg(long, env = "POSTGAME_MATCH_RETENTION_HOURS", default_value_t = 24.0)]
+    pub match_retention_hours: f64,
+
     /// Most database connections this process opens (besides its one LISTEN connection).
     #[arg(long, env = "POSTGAME_DB_CONNECTIONS", default_value_t = 16)]
     pub db_connections: u32,
@@ -196,6 +326,10 @@ impl ServeConfig {
 
     pub fn retention(&self) -> Duration {
         Duration::from_secs_f64(self.retention_hours.max(0.0) * 3600.0)
+    }
+
+    pub fn match_retention(&self) -> Duration {
+        Duration::from_secs_f64(self.match_retention_hours.max(0.0) * 3600.0)
     }
 
     pub fn heartbeat(&self) -> Duration {

@@ -167,7 +167,10 @@ pub async fn start(
             pool.clone(),
             games.clone(),
             Arc::clone(&notifier),
-            ticker::TickerConfig::new(config.tick_batch, config.poll_interval()),
+            ticker::TickerConfig {
+                match_retention: config.match_retention(),
+                ..ticker::TickerConfig::new(config.tick_batch, config.poll_interval())
+            },
         );
         for _ in 0..config.tickers {
             tasks.spawn(
@@ -176,6 +179,8 @@ pub async fn start(
                     .run(Arc::clone(&notifier.tick_local), stop.clone()),
             );
         }
+        // One prune of ended matches per process (`--match-retention-hours`).
+        tasks.spawn(ticker.clone().run_prune(stop.clone()));
         routes.tick = Some(Arc::clone(&notifier.tick_local));
     }
 

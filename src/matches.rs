@@ -203,6 +203,9 @@ pub struct MatchUpdate {
     pub next_tick_at: Option<DateTime<Utc>>,
     /// How many inputs or ticks this update applied (added to `version`).
     pub steps: i64,
+    /// Whether the match is over ([`crate::game::Game::is_over`]): stamps `ended_at` (kept
+    /// from an earlier step that already ended it), or clears it when the match is live.
+    pub over: bool,
 }
 
 /// Saves several matches in one statement.
@@ -216,13 +219,18 @@ pub async fn matches_save(conn: &mut PgConnection, updates: &[MatchUpdate]) -> s
     let views: Vec<Option<Value>> = updates.iter().map(|u| u.view.clone()).collect();
     let ticks: Vec<Option<DateTime<Utc>>> = updates.iter().map(|u| u.next_tick_at).collect();
     let steps: Vec<i64> = updates.iter().map(|u| u.steps).collect();
+    let over: Vec<bool> = updates.iter().map(|u| u.over).collect();
+    // `greatest(…, created_at)`: this transaction's now() may predate the match's creation.
     sqlx::query!(
         r#"
         UPDATE postgame.matches m
         SET state = u.state, status = u.status, view = coalesce(u.view, m.view),
-            next_tick_at = u.next_tick_at, version = m.version + u.steps, updated_at = now()
+            next_tick_at = u.next_tick_at, version = m.version + u.steps, updated_at = now(),
+            ended_at = CASE WHEN u.over
+                            THEN coalesce(m.ended_at, greatest(now(), m.created_at)) END
         FROM unnest($1::uuid[], $2::jsonb[], $3::text[], $4::jsonb[], $5::timestamptz[],
-                    $6::int8[]) AS u(id, state, status, view, next_tick_at, steps)
+                    $6::int8[], $7::bool[]) AS u(id, state, status, view, next_tick_at, steps,
+                                                 over)
         WHERE m.id = u.id
         "#,
         &ids,
@@ -230,7 +238,8 @@ pub async fn matches_save(conn: &mut PgConnection, updates: &[MatchUpdate]) -> s
         &statuses,
         &views as &[Option<Value>],
         &ticks as &[Option<DateTime<Utc>>],
-        &steps
+        &steps,
+        &over
     )
     .execute(conn)
     .await?;
@@ -260,6 +269,7 @@ impl BatchWrites {
             applied,
             statuses,
             error,
+            over,
         } = applied;
         if let Some((state, status, next_tick_at)) = next {
             let id = MatchId(m.id);
@@ -281,6 +291,7 @@ impl BatchWrites {
                 view: latest_view(&out),
                 next_tick_at,
                 steps: applied as i64,
+                over,
             });
         }
         (applied, error)

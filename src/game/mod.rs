@@ -7,6 +7,10 @@
 //! in one transaction; a handler that errors or panics changes nothing and its input is
 //! retried.
 
+pub mod noop;
+pub mod pong;
+#[cfg(test)]
+mod testkit;
 pub mod tictactoe;
 
 use std::collections::HashMap;
@@ -145,6 +149,14 @@ pub trait Game: Send + Sync + 'static {
     fn next_tick_at(&self, _state: &Self::State) -> Option<DateTime<Utc>> {
         None
     }
+
+    /// Whether the match has ended for good (Tic Tac Toe: `won`, `draw`, `abandoned`). The
+    /// engine stamps `matches.ended_at` when a step makes this true, clears it when a step
+    /// makes it false again (a rematch), and the tickers delete matches ended longer than
+    /// the retention ago. Never, by default.
+    fn is_over(&self, _state: &Self::State) -> bool {
+        false
+    }
 }
 
 /// A new match, ready to be inserted.
@@ -169,6 +181,8 @@ pub struct Applied {
     pub statuses: Vec<&'static str>,
     /// The error of the input right after the applied ones, if processing stopped there.
     pub error: Option<String>,
+    /// Whether the new state is over ([`Game::is_over`]); false when nothing was applied.
+    pub over: bool,
 }
 
 /// The type-erased game the engine runs: JSON in, JSON out, panics caught.
@@ -270,6 +284,7 @@ fn run_steps<G: Game>(
         applied: 0,
         statuses: Vec::new(),
         error: Some(error),
+        over: false,
     };
     let config: G::Config = match serde_json::from_value(config.clone()) {
         Ok(c) => c,
@@ -316,6 +331,7 @@ fn run_steps<G: Game>(
             applied,
             statuses,
             error,
+            over: false,
         };
     }
     match to_json(&current) {
@@ -325,6 +341,7 @@ fn run_steps<G: Game>(
             applied,
             statuses,
             error,
+            over: game.is_over(&current),
         },
         Err(e) => failed(e),
     }
@@ -358,7 +375,10 @@ impl Registry {
 
     /// The games the stock binary ships.
     pub fn builtin() -> Self {
-        Self::new().with(tictactoe::TicTacToe)
+        Self::new()
+            .with(tictactoe::TicTacToe)
+            .with(noop::Noop)
+            .with(pong::Pong)
     }
 
     /// Adds (or replaces) a game.

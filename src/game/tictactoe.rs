@@ -783,27 +783,21 @@ impl Game for TicTacToe {
     fn next_tick_at(&self, state: &State) -> Option<DateTime<Utc>> {
         schedule(state).into_iter().map(|(at, _)| at).min()
     }
+
+    /// `won`, `draw` and `abandoned` are over; a rematch makes the match live again.
+    fn is_over(&self, state: &State) -> bool {
+        state.status.is_over()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::game::testkit::{id, t0};
     use crate::ids::MatchId;
-    use chrono::TimeZone;
-
-    /// The fixed "now" every test starts from.
-    fn t0() -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2030, 1, 2, 3, 4, 5)
-            .single()
-            .expect("a valid date")
-    }
 
     fn secs(n: i64) -> Duration {
         Duration::seconds(n)
-    }
-
-    fn id(name: &str) -> ClientId {
-        ClientId::parse(name).expect("a valid client id")
     }
 
     /// A match driven by inputs at an injected clock.
@@ -1531,6 +1525,27 @@ mod tests {
         h.send("bob", "rematch", json!({}));
         assert_eq!(h.state.players.x, Some(id("alice")));
         assert_eq!(h.state.game_no, 3);
+    }
+
+    #[test]
+    fn a_match_is_over_when_won_drawn_or_abandoned_and_live_again_after_a_rematch() {
+        let mut h = Harness::new();
+        assert!(!TicTacToe.is_over(&h.state), "waiting");
+        h.send("alice", "join", json!({}));
+        h.send("bob", "join", json!({}));
+        assert!(!TicTacToe.is_over(&h.state), "playing");
+        h.moves(&[0, 3, 1, 4, 2]);
+        assert!(TicTacToe.is_over(&h.state), "won");
+        h.send("alice", "rematch", json!({}));
+        h.send("bob", "rematch", json!({}));
+        assert!(!TicTacToe.is_over(&h.state), "rematched");
+        h.moves(&[0, 1, 2, 4, 3, 5, 7, 6, 8]);
+        assert!(TicTacToe.is_over(&h.state), "draw");
+        let mut h = Harness::new();
+        h.send("alice", "join", json!({}));
+        h.send("alice", "leave", json!({}));
+        assert_eq!(h.state.status, Status::Abandoned);
+        assert!(TicTacToe.is_over(&h.state), "abandoned");
     }
 
     #[test]

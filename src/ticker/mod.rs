@@ -25,6 +25,12 @@
 //! [`Ticker::run`] is the policy around it: straight on while something was due, otherwise
 //! sleep until the earliest `next_tick_at`, a wake-up (a worker moved a tick earlier, in
 //! this process or by NOTIFY) or the poll interval, whichever comes first.
+//!
+//! Tickers run the clock, so they also end the life of ended matches:
+//! [`Ticker::run_prune`] (one task per process with the ticker role) deletes, every
+//! [`TickerConfig::prune_interval`], the matches whose `ended_at` is older than
+//! [`TickerConfig::match_retention`] ([`matches_prune_ended`]); their control rows go with
+//! them, their message log is left to its own retention.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +53,12 @@ pub const DEFAULT_MAX_FAILURES: i32 = 8;
 pub const DEFAULT_BACKOFF_MIN: Duration = Duration::from_secs(1);
 /// Longest push-back after a failed tick.
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// How long an ended match is kept before it is deleted.
+pub const DEFAULT_MATCH_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// How often a process with the ticker role prunes ended matches.
+pub const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+/// Matches deleted per prune statement (short statements, short locks).
+const PRUNE_BATCH: i64 = 1000;
 /// Pause when matches are due but all of them are locked by other tickers or workers
 /// (they are being handled; look again shortly rather than spin).
 const BUSY_PAUSE: Duration = Duration::from_millis(5);
@@ -64,6 +76,10 @@ pub struct TickerConfig {
     pub backoff_min: Duration,
     /// …up to this.
     pub backoff_max: Duration,
+    /// How long a match stays after it ended (`matches.ended_at`) before it is deleted.
+    pub match_retention: Duration,
+    /// How often [`Ticker::run_prune`] looks for ended matches to delete.
+    pub prune_interval: Duration,
 }
 
 impl TickerConfig {
@@ -75,6 +91,8 @@ impl TickerConfig {
             max_failures: DEFAULT_MAX_FAILURES,
             backoff_min: DEFAULT_BACKOFF_MIN,
             backoff_max: DEFAULT_BACKOFF_MAX,
+            match_retention: DEFAULT_MATCH_RETENTION,
+            prune_interval: DEFAULT_PRUNE_INTERVAL,
         }
     }
 
@@ -227,6 +245,34 @@ async fn matches_next_tick_in(db: impl PgExecutor<'_>) -> sqlx::Result<Option<f6
     .await
 }
 
+/// Deletes up to `limit` matches that ended more than `retention` ago (database time),
+/// oldest first, from the partial index on `ended_at`. Matches locked by a worker or a
+/// ticker are skipped (the next prune takes them); a match whose `ended_at` a concurrent
+/// rematch cleared is re-checked on its latest row version and left alone. Their control
+/// rows go with them (ON DELETE CASCADE). Returns how many were deleted.
+pub async fn matches_prune_ended(
+    db: impl PgExecutor<'_>,
+    retention: Duration,
+    limit: i64,
+) -> sqlx::Result<u64> {
+    let done = sqlx::query!(
+        r#"
+        DELETE FROM postgame.matches
+        WHERE id IN (
+            SELECT id FROM postgame.matches
+            WHERE ended_at < now() - make_interval(secs => $1)
+            ORDER BY ended_at
+            LIMIT $2
+            FOR UPDATE SKIP LOCKED)
+        "#,
+        retention.as_secs_f64(),
+        limit
+    )
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 impl Ticker {
     pub fn new(
         pool: PgPool,
@@ -319,6 +365,41 @@ impl Ticker {
             ticked,
             failed: failures.len(),
         })
+    }
+
+    /// Deletes every match that ended longer than the retention ago, in batches. Returns
+    /// how many were deleted.
+    pub async fn prune_once(&self) -> sqlx::Result<u64> {
+        let mut total = 0;
+        loop {
+            let n =
+                matches_prune_ended(&self.pool, self.config.match_retention, PRUNE_BATCH).await?;
+            total += n;
+            if n < PRUNE_BATCH as u64 {
+                break;
+            }
+        }
+        if total > 0 {
+            tracing::info!(deleted = total, "pruned ended matches");
+            metrics::counter!("postgame_matches_pruned_total").increment(total);
+        }
+        Ok(total)
+    }
+
+    /// Prunes ended matches every [`TickerConfig::prune_interval`] until `stop`; a failed
+    /// prune is logged and tried again at the next interval.
+    pub async fn run_prune(self, stop: CancellationToken) {
+        let mut every = tokio::time::interval(self.config.prune_interval.max(BUSY_PAUSE));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            if let Err(e) = self.prune_once().await {
+                tracing::warn!(error = %e, "pruning ended matches failed; retrying later");
+            }
+        }
     }
 
     /// How long to sleep when nothing was due: until the earliest scheduled tick, at most

@@ -68,6 +68,8 @@ async fn send(sink: &mut Sink, v: Value) -> anyhow::Result<()> {
 
 struct Shared {
     hist: Mutex<hdrhistogram::Histogram<u64>>,
+    /// Publish to `ack` at the mover: the gateway's share of the loop.
+    ack_hist: Mutex<hdrhistogram::Histogram<u64>>,
     moves: Arc<AtomicU64>,
     errors: AtomicU64,
 }
@@ -172,6 +174,12 @@ async fn play_pair(
             if frame["op"] == "error" {
                 shared.errors.fetch_add(1, Ordering::Relaxed);
             }
+            if side == mover && frame["op"] == "ack" && frame["id"] == json!(seq) {
+                let us = at.duration_since(sent).as_micros() as u64;
+                if let Ok(mut h) = shared.ack_hist.lock() {
+                    let _ = h.record(us.max(1));
+                }
+            }
             if side == opponent
                 && frame["name"] == "state"
                 && frame["data"]["game_no"] == game_no
@@ -197,8 +205,7 @@ pub async fn run(db_url: &str, args: &E2eArgs, show_progress: bool) -> anyhow::R
     let mut config = ServeConfig::defaults(db_url);
     config.secret = SECRET.into();
     config.workers = args.workers.max(1);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let server = crate::start(config, Registry::builtin(), Some(listener)).await?;
+    let server = super::ServerThread::start(config, Registry::builtin()).await?;
     let addr = server.addr.context("the gateway runs")?;
     let games = Registry::builtin();
     let game = games.get("tictactoe").context("tictactoe is built in")?;
@@ -216,6 +223,7 @@ pub async fn run(db_url: &str, args: &E2eArgs, show_progress: bool) -> anyhow::R
     }
     let shared = Arc::new(Shared {
         hist: Mutex::new(histogram()),
+        ack_hist: Mutex::new(histogram()),
         moves: Arc::new(AtomicU64::new(0)),
         errors: AtomicU64::new(0),
     });
@@ -243,8 +251,10 @@ pub async fn run(db_url: &str, args: &E2eArgs, show_progress: bool) -> anyhow::R
     let warmup = Duration::from_secs_f64((args.duration * 0.1).clamp(0.2, 2.0));
     tokio::time::sleep(warmup).await;
     let start_count = shared.moves.load(Ordering::Relaxed);
-    if let Ok(mut h) = shared.hist.lock() {
-        h.reset();
+    for h in [&shared.hist, &shared.ack_hist] {
+        if let Ok(mut h) = h.lock() {
+            h.reset();
+        }
     }
     let started = Instant::now();
     tokio::time::sleep(total).await;
@@ -261,9 +271,14 @@ pub async fn run(db_url: &str, args: &E2eArgs, show_progress: bool) -> anyhow::R
     if let Some(bar) = bar {
         let _ = bar.await;
     }
-    server.shutdown().await;
+    server.stop().await;
     let latency = shared
         .hist
+        .lock()
+        .map(|h| Latency::of(&h))
+        .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
+    let ack = shared
+        .ack_hist
         .lock()
         .map(|h| Latency::of(&h))
         .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
@@ -282,6 +297,7 @@ pub async fn run(db_url: &str, args: &E2eArgs, show_progress: bool) -> anyhow::R
             "rate": args.rate,
             "duration_s": args.duration,
             "workers": args.workers,
+            "ack_latency_ms": ack,
         }),
     })
 }

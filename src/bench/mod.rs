@@ -6,6 +6,9 @@
 //! `max`, from an HDR histogram) plus the parameters it ran with.
 
 pub mod e2e;
+pub mod fanout;
+pub mod queue;
+pub mod ticks;
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +29,10 @@ use crate::config::{BenchArgs, Scenario};
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let db = BenchDb::prepare(&args.database_url, args.in_place).await?;
     let result = match &args.scenario {
-        Scenario::E2e(e) => e2e::run(db.url(), e, !args.json).await,
+        Scenario::E2e(a) => e2e::run(db.url(), a, !args.json).await,
+        Scenario::Queue(a) => queue::run(db.url(), a, !args.json).await,
+        Scenario::Fanout(a) => fanout::run(db.url(), a, !args.json).await,
+        Scenario::Ticks(a) => ticks::run(db.url(), a, !args.json).await,
     };
     db.finish().await;
     let report = result?;
@@ -77,6 +83,84 @@ impl BenchDb {
             if let Err(e) = Postgres::force_drop_database(&self.url).await {
                 eprintln!("warning: could not drop the benchmark database: {e}");
             }
+        }
+    }
+}
+
+/// A postgame server running on its own tokio runtime (its own threads), so the load
+/// generator's tasks never queue in front of the server's: what a separate process gives
+/// a real deployment.
+pub struct ServerThread {
+    pub addr: Option<std::net::SocketAddr>,
+    pub pool: sqlx::PgPool,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ServerThread {
+    /// Starts `config` with `games`; binds 127.0.0.1:0 when the gateway runs.
+    pub async fn start(
+        config: crate::config::ServeConfig,
+        games: crate::game::Registry,
+    ) -> anyhow::Result<Self> {
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("postgame-server".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .thread_name("postgame-server")
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(anyhow::Error::from(e)));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let listener = if config.runs(crate::config::Role::Gateway) {
+                        match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+                            Ok(l) => Some(l),
+                            Err(e) => {
+                                let _ = ready_tx.send(Err(e.into()));
+                                return;
+                            }
+                        }
+                    } else {
+                        None
+                    };
+                    match crate::start(config, games, listener).await {
+                        Ok(server) => {
+                            let _ = ready_tx.send(Ok((server.addr, server.pool.clone())));
+                            let _ = stop_rx.await;
+                            server.shutdown().await;
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                        }
+                    }
+                });
+            })?;
+        let (addr, pool) = ready_rx
+            .await
+            .map_err(|_| anyhow::anyhow!("the server thread died"))??;
+        Ok(Self {
+            addr,
+            pool,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Shuts the server down and waits for its thread.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
     }
 }
@@ -181,4 +265,52 @@ pub fn progress(
         }
         eprintln!();
     })
+}
+
+/// Prints `label: n/target (rate/s)` with a bar on stderr once a second until `stop`: for
+/// phases that end at a count rather than after a duration.
+pub fn progress_count(
+    label: &'static str,
+    count: Arc<AtomicU64>,
+    target: u64,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let start = tokio::time::Instant::now();
+        let mut last = count.load(Ordering::Relaxed);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => break,
+            }
+            let n = count.load(Ordering::Relaxed);
+            let width = 30usize;
+            let done = ((n as f64 / target.max(1) as f64).min(1.0) * width as f64) as usize;
+            eprint!(
+                "\r[{}{}] {:>5.1} s  {label}: {n}/{target}  ({}/s)   ",
+                "#".repeat(done),
+                " ".repeat(width - done),
+                start.elapsed().as_secs_f64(),
+                n.saturating_sub(last)
+            );
+            let _ = std::io::stderr().flush();
+            last = n;
+        }
+        eprintln!();
+    })
+}
+
+/// The resident set size in bytes (`VmRSS` of `/proc/<pid>/status`) of process `pid`, or of
+/// this process when `None`; `None` where `/proc` is not readable.
+pub fn rss_bytes(pid: Option<u32>) -> Option<u64> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/status"),
+        None => "/proc/self/status".to_owned(),
+    };
+    let status = std::fs::read_to_string(path).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

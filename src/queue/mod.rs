@@ -23,6 +23,8 @@ pub struct ControlRow {
     pub name: String,
     pub data: Value,
     pub attempts: i32,
+    /// The database's clock at the claim (the same for every row of a batch).
+    pub now: DateTime<Utc>,
 }
 
 /// Claims up to `limit` pending control messages, oldest first, skipping matches that are
@@ -43,7 +45,7 @@ pub async fn control_claim(
     let rows = sqlx::query_as!(
         ControlRow,
         r#"
-        SELECT c.id, c.match_id, c.client_id, c.name, c.data, c.attempts
+        SELECT c.id, c.match_id, c.client_id, c.name, c.data, c.attempts, now() AS "now!"
         FROM postgame.control c
         WHERE c.id = ANY(ARRAY(
             SELECT w.id FROM (
@@ -75,9 +77,8 @@ pub async fn control_claim(
     )
     .fetch_all(&mut *conn)
     .await?;
-    let now = sqlx::query_scalar!(r#"SELECT now() AS "now!""#)
-        .fetch_one(&mut *conn)
-        .await?;
+    // An empty claim has no clock, and needs none.
+    let now = rows.first().map_or_else(Utc::now, |r| r.now);
     Ok((rows, now))
 }
 

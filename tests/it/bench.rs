@@ -2,7 +2,7 @@
 //! (never a timing).
 
 use postgame::bench;
-use postgame::config::E2eArgs;
+use postgame::config::{E2eArgs, FanoutArgs, QueueArgs};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::helpers::database_url;
@@ -35,4 +35,118 @@ async fn a_tiny_e2e_run_plays_moves_and_reports_latencies(
         assert!(json.get(field).is_some(), "{field} missing from {json}");
     }
     assert_eq!(json["params"]["players"], 4);
+}
+
+/// Latency figures are ordered and positive.
+fn assert_sane(l: &bench::Latency) {
+    assert!(
+        0.0 < l.p50 && l.p50 <= l.p90 && l.p90 <= l.p99 && l.p99 <= l.max,
+        "{l:?}"
+    );
+}
+
+#[sqlx::test]
+async fn a_tiny_queue_run_applies_every_message_once_and_reports_both_enqueue_rates(
+    _p: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let args = QueueArgs {
+        messages: 300,
+        matches: 7,
+        workers: 3,
+        batch_size: 20,
+        one_by_one: 40,
+        producers: 4,
+        latency_messages: 30,
+        latency_rate: 300.0,
+    };
+    let report = bench::queue::run(&database_url(&opts), &args, false)
+        .await
+        .unwrap();
+    assert_eq!(report.scenario, "queue");
+    assert_eq!(report.count, 300, "{report:?}");
+    // Errors include any message the matches did not count exactly once.
+    assert_eq!(report.errors, 0, "{report:?}");
+    assert!(report.throughput_per_s > 0.0);
+    assert_sane(&report.latency_ms);
+    let p = &report.params;
+    assert!(p["enqueue_bulk_per_s"].as_f64().unwrap() > 0.0, "{p}");
+    assert!(p["enqueue_one_by_one_per_s"].as_f64().unwrap() > 0.0, "{p}");
+    assert_eq!(p["one_by_one"], 40);
+    assert_eq!(p["bulk"], 260);
+    let json = serde_json::to_value(&report).unwrap();
+    for field in ["scenario", "throughput_per_s", "latency_ms", "params"] {
+        assert!(json.get(field).is_some(), "{field} missing from {json}");
+    }
+}
+
+fn tiny_fanout() -> FanoutArgs {
+    FanoutArgs {
+        subscribers: 6,
+        rate: 40.0,
+        duration: 1.0,
+        channels: 2,
+        payload: 100,
+        baseline: false,
+        baseline_read_buffer: 4096,
+        one_gateway: false,
+        process: false,
+        slow: 1,
+        serve_baseline: None,
+    }
+}
+
+/// Every regular subscriber got every acknowledged message of its channel, in order.
+fn assert_fanout_complete(report: &bench::Report) {
+    let p = &report.params;
+    assert_eq!(report.scenario, "fanout");
+    assert_eq!(report.errors, 0, "{report:?}");
+    assert!(p["published"].as_u64().unwrap() > 0, "{p}");
+    assert_eq!(p["acked"], p["published"], "{p}");
+    assert_eq!(p["lost"], 0, "{p}");
+    assert_eq!(p["gaps"], 0, "{p}");
+    assert_eq!(p["closed"], 0, "{p}");
+    assert_eq!(json_u64(p, "expected_deliveries"), report.count, "{p}");
+    // The slow subscriber read late but, with so few messages, missed nothing.
+    assert_eq!(p["slow_complete"], 1, "{p}");
+    assert!(report.throughput_per_s > 0.0);
+    assert_sane(&report.latency_ms);
+    assert!(p["rss_connected_mib"].as_f64().unwrap() > 0.0, "{p}");
+}
+
+fn json_u64(v: &serde_json::Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} missing from {v}"))
+}
+
+#[sqlx::test]
+async fn a_tiny_fanout_run_delivers_every_message_through_listen_to_every_subscriber(
+    _p: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let report = bench::fanout::run(&database_url(&opts), &tiny_fanout(), false)
+        .await
+        .unwrap();
+    assert_fanout_complete(&report);
+    assert!(
+        report.params["path"].as_str().unwrap().contains("LISTEN"),
+        "{report:?}"
+    );
+}
+
+#[sqlx::test]
+async fn a_tiny_fanout_baseline_run_delivers_every_message_without_a_database(
+    _p: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let args = FanoutArgs {
+        baseline: true,
+        ..tiny_fanout()
+    };
+    let report = bench::fanout::run(&database_url(&opts), &args, false)
+        .await
+        .unwrap();
+    assert_fanout_complete(&report);
+    assert_eq!(report.params["baseline"], true);
 }

@@ -7,6 +7,7 @@ mod helpers;
 mod ledger;
 
 mod bench;
+mod bench_ticks;
 mod capabilities;
 mod clock;
 mod concurrency;

@@ -231,6 +231,15 @@ pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
+/// What a progress bar fills towards.
+#[derive(Debug, Clone, Copy)]
+enum Goal {
+    /// A phase that runs for a duration.
+    Time(Duration),
+    /// A phase that ends at a count.
+    Count(u64),
+}
+
 /// Prints `label: n (rate/s)` on stderr once a second until `stop`.
 pub fn progress(
     label: &'static str,
@@ -238,33 +247,7 @@ pub fn progress(
     total: Duration,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let start = tokio::time::Instant::now();
-        let mut last = 0;
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.cancelled() => break,
-            }
-            let n = count.load(Ordering::Relaxed);
-            let elapsed = start.elapsed().as_secs_f64();
-            let width = 30usize;
-            let done = ((elapsed / total.as_secs_f64()).min(1.0) * width as f64) as usize;
-            eprint!(
-                "\r[{}{}] {:>5.1}/{:.0} s  {label}: {n}  ({}/s)   ",
-                "#".repeat(done),
-                " ".repeat(width - done),
-                elapsed,
-                total.as_secs_f64(),
-                n - last
-            );
-            let _ = std::io::stderr().flush();
-            last = n;
-        }
-        eprintln!();
-    })
+    progress_to(label, count, Goal::Time(total), stop)
 }
 
 /// Prints `label: n/target (rate/s)` with a bar on stderr once a second until `stop`: for
@@ -273,6 +256,15 @@ pub fn progress_count(
     label: &'static str,
     count: Arc<AtomicU64>,
     target: u64,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    progress_to(label, count, Goal::Count(target), stop)
+}
+
+fn progress_to(
+    label: &'static str,
+    count: Arc<AtomicU64>,
+    goal: Goal,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -286,13 +278,23 @@ pub fn progress_count(
                 _ = stop.cancelled() => break,
             }
             let n = count.load(Ordering::Relaxed);
+            let elapsed = start.elapsed().as_secs_f64();
+            let (fraction, position) = match goal {
+                Goal::Time(total) => (
+                    elapsed / total.as_secs_f64(),
+                    format!("{elapsed:>5.1}/{:.0} s  {label}: {n}", total.as_secs_f64()),
+                ),
+                Goal::Count(target) => (
+                    n as f64 / target.max(1) as f64,
+                    format!("{elapsed:>5.1} s  {label}: {n}/{target}"),
+                ),
+            };
             let width = 30usize;
-            let done = ((n as f64 / target.max(1) as f64).min(1.0) * width as f64) as usize;
+            let done = (fraction.min(1.0) * width as f64) as usize;
             eprint!(
-                "\r[{}{}] {:>5.1} s  {label}: {n}/{target}  ({}/s)   ",
+                "\r[{}{}] {position}  ({}/s)   ",
                 "#".repeat(done),
                 " ".repeat(width - done),
-                start.elapsed().as_secs_f64(),
                 n.saturating_sub(last)
             );
             let _ = std::io::stderr().flush();

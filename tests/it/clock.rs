@@ -14,7 +14,8 @@ use postgame::ticker::{Ticker, TickerConfig};
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::helpers::{test_config, TestApp};
+use crate::concurrency::publish_interleaved;
+use crate::helpers::{kill_backends, test_config, TestApp};
 use clockgames::{InterleaveState, MetronomeState};
 
 #[path = "clockgames.rs"]
@@ -345,27 +346,7 @@ async fn a_tick_and_a_control_message_of_one_match_never_interleave(
         clients.push(app.ws(&app.token(n)).await);
     }
     // Pipelined: the workers apply inputs while the tickers tick the same matches.
-    let mut sent = 0u64;
-    for n in 1..=PER_CLIENT {
-        for id in &ids {
-            for c in clients.iter_mut() {
-                sent += 1;
-                c.send(
-                    json!({"op": "publish", "id": sent, "channel": format!("control:{id}"),
-                              "name": "n", "data": {"n": n}}),
-                )
-                .await;
-            }
-        }
-    }
-    for c in clients.iter_mut() {
-        for _ in 0..(MATCHES as i64 * PER_CLIENT) {
-            let ack = c
-                .recv_where(|v| v["op"] == "ack" || v["op"] == "error")
-                .await;
-            assert_eq!(ack["op"], "ack", "{ack}");
-        }
-    }
+    publish_interleaved(&mut clients, &ids, PER_CLIENT).await;
     app.wait_until("SELECT NOT EXISTS (SELECT 1 FROM postgame.control)")
         .await;
     app.wait_until(
@@ -433,23 +414,7 @@ async fn tickers_whose_connections_die_mid_tick_lose_and_double_nothing(
         .unwrap();
     let ids = metronomes(&app, 100, 10).await;
     app.wait_until(&all_beat(&ids, 5)).await;
-    let killer_pool = app.pool.clone();
-    let killer = tokio::spawn(async move {
-        let mut kills = 0i64;
-        for _ in 0..40 {
-            tokio::time::sleep(Duration::from_millis(25)).await;
-            let n: i64 = sqlx::query_scalar(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-                 WHERE datname = current_database() AND application_name = 'postgame ticker'
-                   AND state IN ('active', 'idle in transaction')",
-            )
-            .fetch_one(&killer_pool)
-            .await
-            .unwrap();
-            kills += n;
-        }
-        kills
-    });
+    let killer = tokio::spawn(kill_backends(app.pool.clone(), "postgame ticker"));
     let kills = killer.await.unwrap();
     assert!(kills > 0, "the test killed no ticker transaction");
     // The tickers come back and catch up on every beat they missed.

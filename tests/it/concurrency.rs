@@ -9,17 +9,23 @@ use crate::ledger;
 pub const MATCHES: usize = 200;
 pub const PER_CLIENT: i64 = 3;
 
-/// Creates `MATCHES` ledger matches and has every client publish n = 1..=PER_CLIENT to
-/// every match, interleaved across matches and clients, pipelined (acks collected after).
+/// Creates `MATCHES` ledger matches and floods them (see [`publish_interleaved`]).
 pub async fn flood(app: &TestApp, clients: &mut [Client]) -> Vec<String> {
     let token = app.token("setup");
     let mut ids = Vec::new();
     for _ in 0..MATCHES {
         ids.push(app.create_match(&token, "ledger", json!({})).await);
     }
+    publish_interleaved(clients, &ids, PER_CLIENT).await;
+    ids
+}
+
+/// Has every client publish `n` = 1..=per_client to every match, interleaved across
+/// matches and clients, pipelined (acks collected after), and checks every ack.
+pub async fn publish_interleaved(clients: &mut [Client], ids: &[String], per_client: i64) {
     let mut sent = 0u64;
-    for n in 1..=PER_CLIENT {
-        for id in &ids {
+    for n in 1..=per_client {
+        for id in ids {
             for c in clients.iter_mut() {
                 sent += 1;
                 c.send(
@@ -31,14 +37,13 @@ pub async fn flood(app: &TestApp, clients: &mut [Client]) -> Vec<String> {
         }
     }
     for c in clients.iter_mut() {
-        for _ in 0..(MATCHES as i64 * PER_CLIENT) {
+        for _ in 0..(ids.len() as i64 * per_client) {
             let ack = c
                 .recv_where(|v| v["op"] == "ack" || v["op"] == "error")
                 .await;
             assert_eq!(ack["op"], "ack", "{ack}");
         }
     }
-    ids
 }
 
 pub async fn check_all(app: &TestApp, ids: &[String], clients: &[String]) {

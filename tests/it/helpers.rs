@@ -377,3 +377,24 @@ pub async fn play(x: &mut Client, o: &mut Client, match_id: &str, moves: &[(usiz
             .await;
     }
 }
+
+/// Terminates, 40 times 25 ms apart, every busy connection of this database whose
+/// `application_name` is `app_name` (a role's pool: "postgame worker", "postgame ticker"),
+/// killing its transactions mid-way. Returns how many connections it terminated.
+pub async fn kill_backends(pool: PgPool, app_name: &'static str) -> i64 {
+    let mut kills = 0i64;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = $1
+               AND state IN ('active', 'idle in transaction')",
+        )
+        .bind(app_name)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        kills += n;
+    }
+    kills
+}

@@ -2,14 +2,13 @@
 //! that panic. Nothing acknowledged is lost or applied twice.
 
 use std::process::Stdio;
-use std::time::Duration;
 
 use postgame::config::Role;
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::concurrency::{check_all, flood};
-use crate::helpers::{test_config, TestApp};
+use crate::helpers::{kill_backends, test_config, TestApp};
 use crate::ledger;
 
 #[sqlx::test]
@@ -33,23 +32,7 @@ async fn workers_whose_connections_die_mid_batch_lose_and_duplicate_nothing(
     let workers = postgame::start(config, ledger::games(), None)
         .await
         .unwrap();
-    let killer_pool = app.pool.clone();
-    let killer = tokio::spawn(async move {
-        let mut kills = 0i64;
-        for _ in 0..40 {
-            tokio::time::sleep(Duration::from_millis(25)).await;
-            let n: i64 = sqlx::query_scalar(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-                 WHERE datname = current_database() AND application_name = 'postgame worker'
-                   AND state IN ('active', 'idle in transaction')",
-            )
-            .fetch_one(&killer_pool)
-            .await
-            .unwrap();
-            kills += n;
-        }
-        kills
-    });
+    let killer = tokio::spawn(kill_backends(app.pool.clone(), "postgame worker"));
     let kills = killer.await.unwrap();
     check_all(&app, &ids, &names).await;
     assert!(kills > 0, "the test killed no worker transaction");

@@ -88,11 +88,6 @@ impl Server {
         }
         self.pool.close().await;
     }
-
-    /// A token that is cancelled when shutdown begins.
-    pub fn stop_token(&self) -> CancellationToken {
-        self.stop.clone()
-    }
 }
 
 /// Connects, migrates and starts the configured roles. `listener` is required when the

@@ -160,11 +160,6 @@ impl Hub {
         self.wake.notify_one();
     }
 
-    /// How many (channel, connection) subscriptions this gateway holds.
-    pub fn subscription_count(&self) -> usize {
-        self.lock().channels.values().map(|e| e.subs.len()).sum()
-    }
-
     /// Registers a subscription. `first` (the `subscribed` reply) is queued before any
     /// message; then every message with seq > `cursor` follows in order. `db_head` is the
     /// channel head the caller read before calling.

@@ -240,6 +240,11 @@ pub struct ServeConfig {
     #[arg(long, env = "POSTGAME_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// Also serve `GET /metrics` (Prometheus) on this address, e.g. for a process that runs
+    /// only workers or tickers (the gateway serves it on `--listen` anyway).
+    #[arg(long, env = "POSTGAME_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// HS256 secret that signs and checks tokens.
     #[arg(long, env = "POSTGAME_SECRET", default_value = DEV_SECRET, hide_default_value = true)]
     pub secret: String,

@@ -64,6 +64,8 @@ fn metrics_handle() -> Option<PrometheusHandle> {
 /// A running server: its address (when it runs the gateway) and its stop.
 pub struct Server {
     pub addr: Option<SocketAddr>,
+    /// Where `--metrics-listen` serves `/metrics`, when set.
+    pub metrics_addr: Option<SocketAddr>,
     pub pool: PgPool,
     stop: CancellationToken,
     publisher_stop: CancellationToken,
@@ -176,6 +178,7 @@ pub async fn start(
         }
         // One prune of ended matches per process (`--match-retention-hours`).
         tasks.spawn(ticker.clone().run_prune(stop.clone()));
+        tasks.spawn(ticker.clone().run_gauges(stop.clone()));
         routes.tick = Some(Arc::clone(&notifier.tick_local));
     }
 
@@ -233,9 +236,28 @@ pub async fn start(
         });
     }
 
+    let mut metrics_addr = None;
+    if let Some(at) = config.metrics_listen {
+        let listener = TcpListener::bind(at)
+            .await
+            .with_context(|| format!("cannot listen on {at} for metrics"))?;
+        metrics_addr = Some(listener.local_addr()?);
+        let router = gateway::http::metrics_router(metrics_handle());
+        let serve_stop = stop.clone();
+        tasks.spawn(async move {
+            let r = axum::serve(listener, router)
+                .with_graceful_shutdown(serve_stop.cancelled_owned())
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "metrics server failed");
+            }
+        });
+    }
+
     tasks.spawn(listen::run(pool.clone(), routes, stop.clone()));
     Ok(Server {
         addr,
+        metrics_addr,
         pool,
         stop,
         publisher_stop,

@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::broadcast::{log_append, NewMessage};
-use crate::game::{Applied, DynGame, Outgoing, To};
+use crate::broadcast::{latest_write, log_append, NewMessage};
+use crate::game::{Applied, Delivery, DynGame, Outgoing, To};
 use crate::ids::{Channel, MatchId, Seq};
 
 /// A match as the HTTP API shows it.
@@ -26,10 +26,16 @@ pub struct MatchInfo {
     pub state: Option<Value>,
 }
 
-/// Log messages for a match's outgoing messages, in order.
-pub fn outgoing_messages(match_id: MatchId, out: &[Outgoing]) -> Vec<NewMessage> {
-    out.iter()
-        .map(|o| NewMessage {
+/// A match's outgoing messages as channel messages, in order: those for the log and the
+/// latest values ([`Delivery::Latest`]).
+pub fn outgoing_messages(
+    match_id: MatchId,
+    out: &[Outgoing],
+) -> (Vec<NewMessage>, Vec<NewMessage>) {
+    let mut log = Vec::new();
+    let mut latest = Vec::new();
+    for o in out {
+        let m = NewMessage {
             channel: match &o.to {
                 To::Match => Channel::of_match(match_id).as_str().to_owned(),
                 To::User(c) => Channel::of_user(c).as_str().to_owned(),
@@ -37,8 +43,21 @@ pub fn outgoing_messages(match_id: MatchId, out: &[Outgoing]) -> Vec<NewMessage>
             },
             name: o.name.clone(),
             data: o.data.clone(),
-        })
-        .collect()
+        };
+        match o.delivery {
+            Delivery::Log => log.push(m),
+            Delivery::Latest => latest.push(m),
+        }
+    }
+    (log, latest)
+}
+
+/// What a committed transaction must announce: the log heads and the latest versions it
+/// reached, per channel.
+#[derive(Debug, Default, Clone)]
+pub struct Written {
+    pub heads: Vec<(String, Seq)>,
+    pub latest: Vec<(String, i64)>,
 }
 
 /// The `match` announcement on the lobby when a match appears or changes status.
@@ -68,12 +87,12 @@ pub enum CreateError {
 }
 
 /// Creates a match: inserts it and logs its first messages and the lobby announcement, in
-/// one transaction. Returns the match and the channel heads to announce.
+/// one transaction. Returns the match and what to announce.
 pub async fn match_create(
     pool: &PgPool,
     game: &dyn DynGame,
     raw_config: &Value,
-) -> Result<(MatchInfo, Vec<(String, Seq)>), CreateError> {
+) -> Result<(MatchInfo, Written), CreateError> {
     let id = MatchId::new_random();
     let mut tx = pool.begin().await?;
     let now = sqlx::query_scalar!(r#"SELECT now() AS "now!""#)
@@ -99,9 +118,10 @@ pub async fn match_create(
     )
     .fetch_one(&mut *tx)
     .await?;
-    let mut messages = outgoing_messages(id, &created.out);
+    let (mut messages, latest) = outgoing_messages(id, &created.out);
     messages.push(lobby_announcement(id, game.name(), created.status));
     let (_, heads) = log_append(&mut tx, &messages).await?;
+    let latest = latest_write(&mut tx, &latest).await?;
     tx.commit().await?;
     Ok((
         MatchInfo {
@@ -112,7 +132,7 @@ pub async fn match_create(
             created_at: row.created_at,
             state: None,
         },
-        heads,
+        Written { heads, latest },
     ))
 }
 
@@ -246,12 +266,14 @@ pub async fn matches_save(conn: &mut PgConnection, updates: &[MatchUpdate]) -> s
     Ok(())
 }
 
-/// What one worker or ticker transaction writes: the matches to save and the messages to
-/// append to the log, in the order the matches were processed.
+/// What one worker or ticker transaction writes: the matches to save, the messages to
+/// append to the log and the latest values to replace, in the order the matches were
+/// processed.
 #[derive(Debug, Default)]
 pub struct BatchWrites {
     pub updates: Vec<MatchUpdate>,
     pub messages: Vec<NewMessage>,
+    pub latest: Vec<NewMessage>,
     /// Whether some match's next tick appeared or moved earlier than stored: the tickers
     /// sleeping until the earliest tick they know of must be woken.
     pub tick_sooner: bool,
@@ -273,7 +295,9 @@ impl BatchWrites {
         } = applied;
         if let Some((state, status, next_tick_at)) = next {
             let id = MatchId(m.id);
-            self.messages.extend(outgoing_messages(id, &out));
+            let (log, latest) = outgoing_messages(id, &out);
+            self.messages.extend(log);
+            self.latest.extend(latest);
             let mut previous = m.status.as_str();
             for s in &statuses {
                 if *s != previous {
@@ -297,11 +321,12 @@ impl BatchWrites {
         (applied, error)
     }
 
-    /// Saves the matches and appends the messages, in the caller's transaction. Returns
-    /// the channel heads to announce after the commit.
-    pub async fn write(&self, conn: &mut PgConnection) -> sqlx::Result<Vec<(String, Seq)>> {
+    /// Saves the matches, appends the messages and replaces the latest values, in the
+    /// caller's transaction. Returns what to announce after the commit.
+    pub async fn write(&self, conn: &mut PgConnection) -> sqlx::Result<Written> {
         matches_save(&mut *conn, &self.updates).await?;
-        let (_, heads) = log_append(conn, &self.messages).await?;
-        Ok(heads)
+        let (_, heads) = log_append(&mut *conn, &self.messages).await?;
+        let latest = latest_write(conn, &self.latest).await?;
+        Ok(Written { heads, latest })
     }
 }

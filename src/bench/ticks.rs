@@ -9,9 +9,10 @@
 //! - `--game pong` (the default): two-player Pong matches (20 Hz only), both seats taken
 //!   and the ball in play, nobody steering: a match to 21 between idle paddles lasts about
 //!   109 s of game time ([`pong::idle_match_steps`]), so a run whose warm-up and duration
-//!   do not fit is refused. Every tick broadcasts the state through the durable log,
-//!   stamped with its due time (`at`); the lateness of **every** tick in the window is read
-//!   back from the log (`ts − at`).
+//!   do not fit is refused. Every tick sends the state as the match channel's latest value
+//!   (the unlogged `postgame.latest`, not the log), stamped with its due time (`at`); every
+//!   50 ms the bench reads each match's latest value and records each new one's lateness
+//!   once (`ts − at`): lateness is **sampled**, about one tick in three per match.
 //! - `--game noop`: the built-in `noop` game at any H; it broadcasts nothing, so lateness is
 //!   **sampled**: every 50 ms the bench reads each match's latest tick (its `updated_at`
 //!   is the tick's `now()`, and `next_tick_at − period` its schedule, since noop catches
@@ -72,8 +73,8 @@ impl Workload {
     fn lateness_of(self) -> &'static str {
         match self {
             Workload::Pong => {
-                "tick lateness (tick's database now() − its scheduled time), every tick in the \
-                 window, from the message log"
+                "tick lateness (tick's database now() − its scheduled time), each match's \
+                 latest state sampled every 50 ms"
             }
             Workload::Noop => {
                 "tick lateness (tick's database now() − its scheduled time), each match's \
@@ -249,7 +250,7 @@ async fn matches_ticks(pool: &PgPool) -> sqlx::Result<i64> {
 async fn matches_latest_ticks(
     pool: &PgPool,
     period: Duration,
-) -> sqlx::Result<Vec<(Uuid, i64, i64)>> {
+) -> sqlx::Result<Vec<(String, i64, i64)>> {
     let rows = sqlx::query!(
         r#"
         SELECT id, version,
@@ -264,28 +265,27 @@ async fn matches_latest_ticks(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|r| (r.id, r.version, r.late_us))
+        .map(|r| (r.id.to_string(), r.version, r.late_us))
         .collect())
 }
 
-/// The lateness of every tick whose state broadcast was logged in `[from, to)`, in µs
-/// (`ts` is the ticker transaction's `now()`, `at` the tick's scheduled time).
-async fn messages_tick_lateness(
-    pool: &PgPool,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-) -> sqlx::Result<Vec<i64>> {
-    sqlx::query_scalar!(
+/// Each match's latest `state` value: `(channel, version, lateness in µs)` (`ts` is the
+/// ticker transaction's `now()`, `at` the tick's scheduled time), for Pong.
+async fn latest_tick_lateness(pool: &PgPool) -> sqlx::Result<Vec<(String, i64, i64)>> {
+    let rows = sqlx::query!(
         r#"
-        SELECT (extract(epoch FROM ts - (data->>'at')::timestamptz) * 1e6)::int8 AS "late_us!"
-        FROM postgame.messages
-        WHERE ts >= $1 AND ts < $2 AND name = 'state' AND data ? 'at'
-        "#,
-        from,
-        to
+        SELECT channel, version,
+               (extract(epoch FROM ts - (data->>'at')::timestamptz) * 1e6)::int8 AS "late_us!"
+        FROM postgame.latest
+        WHERE name = 'state' AND data ? 'at' AND data->>'status' = 'playing'
+        "#
     )
     .fetch_all(pool)
-    .await
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.channel, r.version, r.late_us))
+        .collect())
 }
 
 /// What the run left behind: matches that ended (off the clock), matches whose last tick
@@ -371,8 +371,8 @@ async fn baseline(
     Ok((done.load(Ordering::Relaxed), elapsed))
 }
 
-/// Reads progress (ticks since `from`) into `count` and, for noop, samples each match's
-/// latest tick into `hist`, until `stop`.
+/// Reads progress (ticks since `from`) into `count` and samples each match's latest tick
+/// into `hist`, until `stop`.
 #[allow(clippy::too_many_arguments)]
 async fn sample(
     pool: PgPool,
@@ -383,7 +383,7 @@ async fn sample(
     hist: Arc<Mutex<Histogram<u64>>>,
     stop: CancellationToken,
 ) -> sqlx::Result<()> {
-    let mut seen: HashMap<Uuid, i64> = HashMap::new();
+    let mut seen: HashMap<String, i64> = HashMap::new();
     let mut every = tokio::time::interval(SAMPLE_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_progress = Instant::now();
@@ -397,15 +397,16 @@ async fn sample(
             let n = matches_ticks(&pool).await?;
             count.store(u64::try_from(n - from).unwrap_or(0), Ordering::Relaxed);
         }
-        if workload == Workload::Noop {
-            let rows = matches_latest_ticks(&pool, period).await?;
-            let Ok(mut h) = hist.lock() else {
-                return Ok(());
-            };
-            for (id, version, late_us) in rows {
-                if seen.insert(id, version) != Some(version) {
-                    let _ = h.record(u64::try_from(late_us).unwrap_or(0).max(1));
-                }
+        let rows = match workload {
+            Workload::Noop => matches_latest_ticks(&pool, period).await?,
+            Workload::Pong => latest_tick_lateness(&pool).await?,
+        };
+        let Ok(mut h) = hist.lock() else {
+            return Ok(());
+        };
+        for (id, version, late_us) in rows {
+            if seen.insert(id, version) != Some(version) {
+                let _ = h.record(u64::try_from(late_us).unwrap_or(0).max(1));
             }
         }
     }
@@ -508,15 +509,10 @@ pub async fn run(db_url: &str, args: &TicksArgs, show_progress: bool) -> anyhow:
     tickers.stop().await;
     let (ended, failing, dropped) = matches_outcome(&pool).await?;
 
-    let mut hist = hist
+    let hist = hist
         .lock()
         .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?
         .clone();
-    if workload == Workload::Pong {
-        for late_us in messages_tick_lateness(&pool, from, to).await? {
-            let _ = hist.record(u64::try_from(late_us).unwrap_or(0).max(1));
-        }
-    }
 
     if show_progress {
         eprintln!(

@@ -7,6 +7,13 @@
 //! sync under the same lock the live path takes). That single lock is the seam: a row is
 //! delivered by exactly one of the two paths, so resume has no gap and no duplicate.
 //! Every frame is serialised once per gateway and shared by all its subscribers.
+//!
+//! Latest values (`latest` frames) take a simpler path beside it: the entry keeps the
+//! frame of the newest version of each name it has delivered. A new subscriber gets those
+//! frames at once (right after `subscribed`), and every newer version goes to all the
+//! channel's subscribers, in sync or catching up, as it is read. A subscriber joins the
+//! live set before anything newer can be delivered, so it always ends on the newest value;
+//! versions let the client drop the rare older frame.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -20,7 +27,9 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::{channel_heads, history_read, history_read_many, LoggedMessage};
+use super::{
+    channel_heads, history_read, history_read_many, latest_read_many, LatestValue, LoggedMessage,
+};
 use crate::ids::Seq;
 
 /// Rows read per channel per query.
@@ -78,12 +87,29 @@ struct Sub {
 struct Entry {
     head: Seq,
     subs: HashMap<u64, Sub>,
+    /// Per name, the newest latest value delivered: its version and frame.
+    latest: HashMap<String, (i64, Utf8Bytes)>,
+    /// The highest version in `latest` (0 when none).
+    latest_max: i64,
+}
+
+impl Entry {
+    fn new(head: Seq) -> Self {
+        Self {
+            head,
+            subs: HashMap::new(),
+            latest: HashMap::new(),
+            latest_max: 0,
+        }
+    }
 }
 
 #[derive(Default)]
 struct State {
     channels: HashMap<String, Entry>,
     dirty: HashSet<String>,
+    /// Channels that may have newer latest values.
+    latest_dirty: HashSet<String>,
     resync: bool,
 }
 
@@ -102,6 +128,31 @@ struct MessageFrame<'a> {
     name: &'a str,
     data: &'a RawValue,
     ts: String,
+}
+
+#[derive(Serialize)]
+struct LatestFrame<'a> {
+    op: &'static str,
+    channel: &'a str,
+    name: &'a str,
+    data: &'a RawValue,
+    ts: String,
+    version: i64,
+}
+
+/// The `latest` frame of a latest value.
+pub fn latest_frame(v: &LatestValue) -> Utf8Bytes {
+    let data = serde_json::from_str::<&RawValue>(&v.data)
+        .unwrap_or_else(|_| serde_json::from_str("null").expect("null is JSON"));
+    let frame = LatestFrame {
+        op: "latest",
+        channel: &v.channel,
+        name: &v.name,
+        data,
+        ts: v.ts.to_rfc3339_opts(SecondsFormat::Micros, true),
+        version: v.version,
+    };
+    Utf8Bytes::from(serde_json::to_string(&frame).expect("frame serialises"))
 }
 
 /// The `message` frame of a logged message.
@@ -154,6 +205,25 @@ impl Hub {
         }
     }
 
+    /// Channels have latest values up to these versions (from NOTIFY or from this
+    /// process's own commits).
+    pub fn on_latest<'a>(&self, versions: impl IntoIterator<Item = (&'a str, i64)>) {
+        let mut state = self.lock();
+        let mut any = false;
+        for (channel, version) in versions {
+            if let Some(entry) = state.channels.get(channel) {
+                if version > entry.latest_max {
+                    state.latest_dirty.insert(channel.to_owned());
+                    any = true;
+                }
+            }
+        }
+        drop(state);
+        if any {
+            self.wake.notify_one();
+        }
+    }
+
     /// Check every channel against the database (after a lost LISTEN connection).
     pub fn resync_all(&self) {
         self.lock().resync = true;
@@ -180,10 +250,13 @@ impl Hub {
         let entry = state
             .channels
             .entry(channel.to_owned())
-            .or_insert_with(|| Entry {
-                head: db_head,
-                subs: HashMap::new(),
-            });
+            .or_insert_with(|| Entry::new(db_head));
+        // The latest values this gateway knows; newer ones reach the new subscriber live.
+        for (_, frame) in entry.latest.values() {
+            if !outbox.push(frame.clone()) {
+                return false;
+            }
+        }
         let catching_up = cursor < entry.head;
         entry.subs.insert(
             conn,
@@ -195,8 +268,9 @@ impl Hub {
         );
         if new_entry {
             // Rows committed between the caller's read of the head and now were not
-            // routed here yet: look once.
+            // routed here yet, and the latest values were never read: look once.
             state.dirty.insert(channel.to_owned());
+            state.latest_dirty.insert(channel.to_owned());
         }
         drop(state);
         if new_entry {
@@ -218,6 +292,7 @@ impl Hub {
         if entry.subs.is_empty() {
             state.channels.remove(channel);
             state.dirty.remove(channel);
+            state.latest_dirty.remove(channel);
         }
         existed
     }
@@ -331,6 +406,32 @@ impl Hub {
         more
     }
 
+    /// Delivers latest values newer than what each channel has delivered, to all its
+    /// subscribers.
+    fn deliver_latest(&self, values: &[LatestValue]) {
+        let mut state = self.lock();
+        for v in values {
+            let Some(entry) = state.channels.get_mut(&v.channel) else {
+                continue;
+            };
+            if entry
+                .latest
+                .get(&v.name)
+                .is_some_and(|(seen, _)| *seen >= v.version)
+            {
+                continue;
+            }
+            let frame = latest_frame(v);
+            entry.latest_max = entry.latest_max.max(v.version);
+            entry
+                .latest
+                .insert(v.name.clone(), (v.version, frame.clone()));
+            // A full outbox closes the connection (4008), as for log messages; the client
+            // resubscribes and gets the newest value again.
+            entry.subs.retain(|_, sub| sub.outbox.push(frame.clone()));
+        }
+    }
+
     /// Reads new log rows for dirty channels and fans them out, until `stop`. Also polls
     /// every channel's head every `poll`, so a lost NOTIFY costs latency, not messages.
     pub async fn run(self: Arc<Self>, poll: Duration, stop: CancellationToken) {
@@ -356,17 +457,24 @@ impl Hub {
     /// Reads and delivers until no channel is known to have unread rows.
     async fn fetch_round(&self) -> sqlx::Result<()> {
         loop {
-            let (resync, dirty) = {
+            let (resync, dirty, latest_dirty) = {
                 let mut state = self.lock();
                 let resync = std::mem::take(&mut state.resync);
                 let dirty = std::mem::take(&mut state.dirty);
+                let mut latest_dirty = std::mem::take(&mut state.latest_dirty);
                 if resync {
                     let all: Vec<String> = state.channels.keys().cloned().collect();
-                    (Some(all), dirty)
+                    latest_dirty.extend(all.iter().cloned());
+                    (Some(all), dirty, latest_dirty)
                 } else {
-                    (None, dirty)
+                    (None, dirty, latest_dirty)
                 }
             };
+            let latest_dirty: Vec<String> = latest_dirty.into_iter().collect();
+            for chunk in latest_dirty.chunks(5000) {
+                let values = latest_read_many(&self.pool, chunk).await?;
+                self.deliver_latest(&values);
+            }
             let mut wanted: HashSet<String> = dirty;
             if let Some(all) = resync {
                 for chunk in all.chunks(5000) {

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::hub::Hub;
-use super::notify::{parse_log_payload, TOPIC_CONTROL, TOPIC_LOG, TOPIC_TICK};
+use super::notify::{parse_log_payload, TOPIC_CONTROL, TOPIC_LATEST, TOPIC_LOG, TOPIC_TICK};
 
 /// Where notifications go; a role this process does not run is `None`.
 #[derive(Clone, Default)]
@@ -28,6 +28,7 @@ impl Routes {
         let mut t = Vec::new();
         if self.hub.is_some() {
             t.push(TOPIC_LOG);
+            t.push(TOPIC_LATEST);
         }
         if self.control.is_some() {
             t.push(TOPIC_CONTROL);
@@ -56,6 +57,11 @@ impl Routes {
             TOPIC_LOG => {
                 if let Some(hub) = &self.hub {
                     hub.on_heads(parse_log_payload(payload).map(|(h, c)| (c, h)));
+                }
+            }
+            TOPIC_LATEST => {
+                if let Some(hub) = &self.hub {
+                    hub.on_latest(parse_log_payload(payload).map(|(v, c)| (c, v)));
                 }
             }
             TOPIC_CONTROL => {

@@ -3,6 +3,10 @@
 //! coalesced NOTIFY wake-ups, the one LISTEN connection per process ([`listen`]), the
 //! gateway's fan-out [`hub::Hub`], and retention ([`prune`]).
 //!
+//! Beside the log, the latest-value path ([`latest_write`]): a message a game sends as
+//! [`crate::game::Delivery::Latest`] only replaces its (channel, name) row in the unlogged
+//! `postgame.latest` table; the hub sends it as a `latest` frame, conflated, with no seq.
+//!
 //! Invariant: a channel's seqs are allocated under the row lock of its `channels` row, so
 //! they are gap-free and in commit order; a reader that has delivered seq `n` and later
 //! reads `seq > n` misses nothing. NOTIFY only says "channel X reached seq n": it is a
@@ -211,4 +215,78 @@ pub async fn channel_heads(
     .fetch_all(conn)
     .await?;
     Ok(rows.into_iter().map(|r| (r.name, r.head)).collect())
+}
+
+/// A channel's latest value of one name, read back from `postgame.latest`.
+#[derive(Debug, Clone)]
+pub struct LatestValue {
+    pub channel: String,
+    pub name: String,
+    pub version: i64,
+    pub data: String,
+    pub ts: DateTime<Utc>,
+}
+
+/// Writes latest values inside the caller's transaction: each replaces its (channel,
+/// name) row. Of several values for one (channel, name) only the last counts. Returns
+/// each channel's highest new version, for the wake-ups.
+///
+/// Versions come from one sequence, and a row's version never goes down even when two
+/// writers of one row allocate theirs in one order and commit in the other (`greatest`),
+/// so a reader can drop anything not newer than what it has.
+pub async fn latest_write(
+    conn: &mut PgConnection,
+    values: &[NewMessage],
+) -> sqlx::Result<Vec<(String, i64)>> {
+    if values.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The last value per (channel, name), sorted: one row is written once per statement
+    // (ON CONFLICT cannot touch a row twice), and rows are locked in one global order.
+    let mut last: std::collections::BTreeMap<(&str, &str), &Value> = Default::default();
+    for v in values {
+        last.insert((v.channel.as_str(), v.name.as_str()), &v.data);
+    }
+    let channels: Vec<&str> = last.keys().map(|(c, _)| *c).collect();
+    let names: Vec<&str> = last.keys().map(|(_, n)| *n).collect();
+    let datas: Vec<Value> = last.values().map(|d| (*d).clone()).collect();
+    let rows = sqlx::query!(
+        r#"
+        INSERT INTO postgame.latest AS l (channel, name, version, data)
+        SELECT c, n, nextval('postgame.latest_version'), d
+        FROM unnest($1::text[], $2::text[], $3::jsonb[]) AS u(c, n, d)
+        ON CONFLICT (channel, name) DO UPDATE
+            SET version = greatest(EXCLUDED.version, l.version + 1), data = EXCLUDED.data,
+                ts = EXCLUDED.ts
+        RETURNING channel, version
+        "#,
+        &channels as &[&str],
+        &names as &[&str],
+        &datas
+    )
+    .fetch_all(conn)
+    .await?;
+    let mut max: std::collections::BTreeMap<String, i64> = Default::default();
+    for r in rows {
+        let slot = max.entry(r.channel).or_default();
+        *slot = (*slot).max(r.version);
+    }
+    Ok(max.into_iter().collect())
+}
+
+/// Every latest value of these channels.
+pub async fn latest_read_many(
+    conn: impl PgExecutor<'_>,
+    channels: &[String],
+) -> sqlx::Result<Vec<LatestValue>> {
+    sqlx::query_as!(
+        LatestValue,
+        r#"
+        SELECT channel, name, version, data::text AS "data!", ts
+        FROM postgame.latest WHERE channel = ANY($1)
+        "#,
+        channels
+    )
+    .fetch_all(conn)
+    .await
 }

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::hub::Hub;
 use crate::ids::Seq;
+use crate::matches::Written;
 
 /// NOTIFY topic: "channel X reached seq n" lines.
 pub const TOPIC_LOG: &str = "postgame_log";
@@ -26,6 +27,8 @@ pub const TOPIC_LOG: &str = "postgame_log";
 pub const TOPIC_CONTROL: &str = "postgame_control";
 /// NOTIFY topic: a match's next tick moved earlier.
 pub const TOPIC_TICK: &str = "postgame_tick";
+/// NOTIFY topic: "channel X has a latest value of version n" lines.
+pub const TOPIC_LATEST: &str = "postgame_latest";
 
 /// NOTIFY payloads are limited to 8000 bytes; stay well below.
 const MAX_PAYLOAD: usize = 7000;
@@ -33,6 +36,7 @@ const MAX_PAYLOAD: usize = 7000;
 #[derive(Default)]
 struct Pending {
     heads: HashMap<String, Seq>,
+    latest: HashMap<String, i64>,
     control: bool,
     tick: bool,
 }
@@ -87,16 +91,29 @@ impl Notifier {
 
     /// Channels reached these heads in a committed transaction.
     pub fn heads(&self, heads: &[(String, Seq)]) {
-        if heads.is_empty() {
+        self.written(&Written {
+            heads: heads.to_vec(),
+            latest: Vec::new(),
+        });
+    }
+
+    /// A transaction committed these log heads and latest versions.
+    pub fn written(&self, written: &Written) {
+        if written.heads.is_empty() && written.latest.is_empty() {
             return;
         }
         if let Some(hub) = self.hub.get().and_then(Weak::upgrade) {
-            hub.on_heads(heads.iter().map(|(c, s)| (c.as_str(), *s)));
+            hub.on_heads(written.heads.iter().map(|(c, s)| (c.as_str(), *s)));
+            hub.on_latest(written.latest.iter().map(|(c, v)| (c.as_str(), *v)));
         }
         let mut pending = self.lock();
-        for (channel, head) in heads {
+        for (channel, head) in &written.heads {
             let slot = pending.heads.entry(channel.clone()).or_default();
             *slot = (*slot).max(*head);
+        }
+        for (channel, version) in &written.latest {
+            let slot = pending.latest.entry(channel.clone()).or_default();
+            *slot = (*slot).max(*version);
         }
         drop(pending);
         self.flush.notify_one();
@@ -117,20 +134,8 @@ impl Notifier {
         if pending.tick {
             out.push((TOPIC_TICK, String::new()));
         }
-        let mut payload = String::new();
-        for (channel, head) in pending.heads {
-            let line = format!("{head} {channel}");
-            if !payload.is_empty() && payload.len() + 1 + line.len() > MAX_PAYLOAD {
-                out.push((TOPIC_LOG, std::mem::take(&mut payload)));
-            }
-            if !payload.is_empty() {
-                payload.push('\n');
-            }
-            payload.push_str(&line);
-        }
-        if !payload.is_empty() {
-            out.push((TOPIC_LOG, payload));
-        }
+        push_lines(&mut out, TOPIC_LOG, pending.heads);
+        push_lines(&mut out, TOPIC_LATEST, pending.latest);
         out
     }
 
@@ -141,9 +146,14 @@ impl Notifier {
                 TOPIC_CONTROL => pending.control = true,
                 TOPIC_TICK => pending.tick = true,
                 _ => {
-                    for (head, channel) in parse_log_payload(&payload) {
-                        let slot = pending.heads.entry(channel.to_owned()).or_default();
-                        *slot = (*slot).max(head);
+                    let map = if topic == TOPIC_LATEST {
+                        &mut pending.latest
+                    } else {
+                        &mut pending.heads
+                    };
+                    for (n, channel) in parse_log_payload(&payload) {
+                        let slot = map.entry(channel.to_owned()).or_default();
+                        *slot = (*slot).max(n);
                     }
                 }
             }
@@ -187,7 +197,31 @@ async fn notify_send(pool: &PgPool, topics: &[String], payloads: &[String]) -> s
     Ok(())
 }
 
-/// Parses a `TOPIC_LOG` payload: lines of "<head> <channel>"; malformed lines are skipped.
+/// Appends "<n> <channel>" lines to `out` as payloads of `topic`, each within
+/// [`MAX_PAYLOAD`].
+fn push_lines(
+    out: &mut Vec<(&'static str, String)>,
+    topic: &'static str,
+    lines: HashMap<String, i64>,
+) {
+    let mut payload = String::new();
+    for (channel, n) in lines {
+        let line = format!("{n} {channel}");
+        if !payload.is_empty() && payload.len() + 1 + line.len() > MAX_PAYLOAD {
+            out.push((topic, std::mem::take(&mut payload)));
+        }
+        if !payload.is_empty() {
+            payload.push('\n');
+        }
+        payload.push_str(&line);
+    }
+    if !payload.is_empty() {
+        out.push((topic, payload));
+    }
+}
+
+/// Parses a `TOPIC_LOG` or `TOPIC_LATEST` payload: lines of "<head or version> <channel>";
+/// malformed lines are skipped.
 pub fn parse_log_payload(payload: &str) -> impl Iterator<Item = (Seq, &str)> {
     payload.lines().filter_map(|line| {
         let (head, channel) = line.split_once(' ')?;

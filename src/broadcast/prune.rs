@@ -1,4 +1,4 @@
-//! Retention: deletes log messages older than the retention, idempotency keys older than
+//! Retention: deletes log messages and latest values older than the retention, idempotency keys older than
 //! 48 h (the contract promises at least 24 h), dead letters older than 7 days, and channel
 //! rows idle for longer than all of these with nothing left in their log. Deletes go in
 //! bounded batches so a large backlog never holds long locks.
@@ -15,6 +15,7 @@ const BATCH: i64 = 5000;
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Pruned {
     pub messages: u64,
+    pub latest: u64,
     pub keys: u64,
     pub dead: u64,
     pub channels: u64,
@@ -33,6 +34,20 @@ async fn messages_prune(db: impl PgExecutor<'_>, keep: &PgInterval) -> sqlx::Res
         r#"
         DELETE FROM postgame.messages WHERE ctid = ANY(ARRAY(
             SELECT ctid FROM postgame.messages WHERE ts < now() - $1::interval LIMIT $2))
+        "#,
+        keep,
+        BATCH
+    )
+    .execute(db)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+async fn latest_prune(db: impl PgExecutor<'_>, keep: &PgInterval) -> sqlx::Result<u64> {
+    let r = sqlx::query!(
+        r#"
+        DELETE FROM postgame.latest WHERE ctid = ANY(ARRAY(
+            SELECT ctid FROM postgame.latest WHERE ts < now() - $1::interval LIMIT $2))
         "#,
         keep,
         BATCH
@@ -96,11 +111,13 @@ pub async fn run_once(pool: &PgPool, retention: Duration) -> sqlx::Result<Pruned
     loop {
         let p = Pruned {
             messages: messages_prune(pool, &keep).await?,
+            latest: latest_prune(pool, &keep).await?,
             keys: publish_keys_prune(pool).await?,
             dead: control_dead_prune(pool).await?,
             channels: channels_prune(pool, &keep).await?,
         };
         total.messages += p.messages;
+        total.latest += p.latest;
         total.keys += p.keys;
         total.dead += p.dead;
         total.channels += p.channels;

@@ -80,21 +80,47 @@ pub enum To {
     Lobby,
 }
 
-/// A message a handler sends; it is written to the message log in the handler's
-/// transaction and broadcast after commit.
+/// How an outgoing message travels; the game chooses per message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Delivery {
+    /// Appended to the durable message log: a gap-free `seq`, replayed on resume, served as
+    /// history, kept for the retention. Every turn-based move, every result.
+    #[default]
+    Log,
+    /// Only the newest value per (channel, name) is kept (an unlogged table, no history):
+    /// subscribers get the current value when they subscribe and newer ones live, as
+    /// `latest` frames, possibly skipping versions. For high-rate state that the next
+    /// message supersedes anyway, such as a 20 Hz game's per-tick state.
+    Latest,
+}
+
+/// A message a handler sends; it is written in the handler's transaction (to the message
+/// log, or as the channel's latest value) and broadcast after commit.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outgoing {
     pub to: To,
     pub name: String,
     pub data: Value,
+    pub delivery: Delivery,
 }
 
 impl Outgoing {
+    /// A message for the durable log ([`Delivery::Log`]).
     pub fn new(to: To, name: &str, data: Value) -> Self {
         Self {
             to,
             name: name.to_owned(),
             data,
+            delivery: Delivery::Log,
+        }
+    }
+
+    /// A latest value ([`Delivery::Latest`]): superseded by the next one of the same name on
+    /// the same channel.
+    pub fn latest(to: To, name: &str, data: Value) -> Self {
+        Self {
+            delivery: Delivery::Latest,
+            ..Self::new(to, name, data)
         }
     }
 }

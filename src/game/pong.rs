@@ -3,7 +3,10 @@
 //! workload of `postgame bench ticks`.
 //!
 //! The wire contract (control messages on `control:<id>`, broadcasts on `match:<id>`):
-//! - Config: `{"points_to_win": 1..=21}` (default 5).
+//! - Config: `{"points_to_win": 1..=21, "bot": false}` (defaults shown). With `"bot": true`
+//!   a built-in bot holds the right paddle: the first joiner plays left against it and the
+//!   game starts at once. The bot follows the ball while it comes its way, at half a
+//!   paddle's speed (it moves every other step), so steep shots beat it.
 //! - `join` `{}`: the first joiner plays the left paddle, the second the right one, and the
 //!   game starts (the ball is served after [`SERVE_STEPS`] steps, 1 s); later joiners, and a
 //!   player joining again, spectate: nothing changes and nothing is sent.
@@ -18,7 +21,12 @@
 //! - Any other name gets `rejected` `unknown_action` on `user:<client>` (`ref` is the
 //!   control `msg_id`, as in Tic Tac Toe). Presence inputs change nothing.
 //! - Broadcast on `match:<id>`: `state` after every tick (20 per second during play) and
-//!   after every change made by a control message; see [`public_state`]. `tick` counts the
+//!   after every change made by a control message; see [`public_state`]. Every `state` is
+//!   sent as the channel's latest value (a `latest` frame, [`Delivery::Latest`]: conflated,
+//!   not logged), so the 20 Hz stream never grows the message log; the states that matter
+//!   later (the match's creation, a join, a point, the end) are also logged as durable
+//!   `message`s, so a resuming client replays every score. A client draws the state with
+//!   the highest `tick`, whichever frame brought it. `tick` counts the
 //!   simulation steps (game time = `tick` × 50 ms); `at` is when the frame was due (the
 //!   tick's scheduled time, or the handler's `now`), so a client (or the benchmark)
 //!   compares it with the message's `ts` to see how late the tick ran.
@@ -45,6 +53,8 @@ use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+#[cfg(doc)]
+use super::Delivery;
 use super::{Cx, Game, GameError, Input, Outgoing, Tick, To};
 use crate::ids::ClientId;
 
@@ -81,6 +91,8 @@ pub const MAX_SPEED_X: i32 = 6;
 pub const MAX_SPEED_Y: i32 = 3;
 /// Steps the ball waits in the centre before it is served (1 s).
 pub const SERVE_STEPS: u32 = HZ;
+/// The paddle the bot holds.
+pub const BOT_SIDE: Side = Side::Right;
 /// `vy` of successive serves (by points played so far), so rallies differ.
 const SERVE_VY: [i32; 4] = [1, -2, 2, -1];
 
@@ -173,12 +185,15 @@ impl Status {
 pub struct Config {
     /// Points that win the match (1..=21, default 5).
     pub points_to_win: u32,
+    /// Whether a built-in bot holds the right paddle (default false).
+    pub bot: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             points_to_win: DEFAULT_POINTS_TO_WIN,
+            bot: false,
         }
     }
 }
@@ -200,9 +215,16 @@ impl Config {
             }
         };
         for (key, value) in fields {
+            if key == "bot" {
+                config.bot = value
+                    .as_bool()
+                    .ok_or_else(|| format!("\"bot\" must be true or false, not {value}"))?;
+                continue;
+            }
             if key != "points_to_win" {
                 return Err(format!(
-                    "unknown pong config field {key:?}: the only field is \"points_to_win\""
+                    "unknown pong config field {key:?}: the fields are \"points_to_win\" and \
+                     \"bot\""
                 ));
             }
             config.points_to_win = value
@@ -254,6 +276,9 @@ pub struct State {
     pub next_tick: Option<DateTime<Utc>>,
     /// When the match was created (a `waiting` match is abandoned after a timeout).
     pub created_at: DateTime<Utc>,
+    /// Whether the built-in bot holds the right paddle ([`Config::bot`]).
+    #[serde(default)]
+    pub bot: bool,
 }
 
 impl State {
@@ -281,7 +306,13 @@ impl State {
             dropped: 0,
             next_tick: None,
             created_at: now,
+            bot: config.bot,
         }
+    }
+
+    /// Whether a paddle is taken (by a player, or by the bot).
+    fn seated(&self, side: Side) -> bool {
+        self.players[side].is_some() || (self.bot && side == BOT_SIDE)
     }
 
     /// The paddle `client` holds, if any.
@@ -308,11 +339,38 @@ pub fn public_state(state: &State, at: DateTime<Utc>) -> Value {
         "winner": state.winner,
         "tick": state.tick,
         "at": at.to_rfc3339_opts(SecondsFormat::Micros, true),
+        "bot": state.bot.then_some(BOT_SIDE),
     })
 }
 
-fn broadcast(state: &State, at: DateTime<Utc>, out: &mut Vec<Outgoing>) {
-    out.push(Outgoing::new(To::Match, "state", public_state(state, at)));
+/// Sends the state as the channel's latest value, and also to the durable log when
+/// `logged` (a change worth replaying: a join, a point, the end).
+fn broadcast(state: &State, at: DateTime<Utc>, logged: bool, out: &mut Vec<Outgoing>) {
+    let data = public_state(state, at);
+    if logged {
+        out.push(Outgoing::new(To::Match, "state", data.clone()));
+    }
+    out.push(Outgoing::latest(To::Match, "state", data));
+}
+
+/// The bot's direction for the next step: towards the ball while it comes its way (past
+/// the centre line), back to the centre otherwise, and only every other step.
+fn bot_dir(state: &State) -> i8 {
+    if state.tick % 2 == 1 {
+        return 0;
+    }
+    let ball = &state.ball;
+    let target = if ball.vx > 0 && ball.x >= WIDTH / 2 && state.serve_in == 0 {
+        ball.y
+    } else {
+        HEIGHT / 2
+    };
+    let off = target - state.paddles[BOT_SIDE];
+    if off.abs() <= PADDLE_SPEED {
+        0
+    } else {
+        off.signum() as i8
+    }
 }
 
 /// What one run of the tick handler does, by the lateness policy.
@@ -396,6 +454,9 @@ fn serve(state: &mut State) {
 /// Simulates one 50 ms step of a match in play: paddles, then the ball. Returns the side
 /// that scored, if the ball went past a goal line (the caller scores it).
 pub fn step(state: &mut State) -> Option<Side> {
+    if state.bot {
+        state.dirs[BOT_SIDE] = bot_dir(state);
+    }
     state.tick += 1;
     for side in Side::BOTH {
         let y = state.paddles[side] + i32::from(state.dirs[side]) * PADDLE_SPEED;
@@ -451,7 +512,13 @@ fn score(state: &mut State, scorer: Side) {
 /// joins (every serve is then missed, and the points alternate). `bench ticks` plays such
 /// matches and checks with this that they stay in play for the whole run.
 pub fn idle_match_steps(points_to_win: u32) -> u64 {
-    let mut state = State::new(&Config { points_to_win }, DateTime::<Utc>::UNIX_EPOCH);
+    let mut state = State::new(
+        &Config {
+            points_to_win,
+            ..Config::default()
+        },
+        DateTime::<Utc>::UNIX_EPOCH,
+    );
     state.players = Sides {
         left: ClientId::parse("idle-left"),
         right: ClientId::parse("idle-right"),
@@ -498,16 +565,16 @@ fn join(state: &mut State, now: DateTime<Utc>, client: &ClientId, out: &mut Vec<
     if state.status != Status::Waiting || state.side_of(client).is_some() {
         return;
     }
-    let Some(side) = Side::BOTH.into_iter().find(|&s| state.players[s].is_none()) else {
+    let Some(side) = Side::BOTH.into_iter().find(|&s| !state.seated(s)) else {
         return;
     };
     state.players[side] = Some(client.clone());
-    if state.players.left.is_some() && state.players.right.is_some() {
+    if Side::BOTH.into_iter().all(|s| state.seated(s)) {
         state.status = Status::Playing;
         serve(state);
         state.next_tick = Some(now + Duration::microseconds(PERIOD_US));
     }
-    broadcast(state, now, out);
+    broadcast(state, now, true, out);
 }
 
 /// `input`: sets the sender's paddle direction. Ignored from non-players and after the end.
@@ -538,7 +605,7 @@ fn leave(state: &mut State, now: DateTime<Utc>, client: &ClientId, out: &mut Vec
         Status::Waiting => end(state, Status::Abandoned, None),
         Status::Finished | Status::Abandoned => return,
     }
-    broadcast(state, now, out);
+    broadcast(state, now, true, out);
 }
 
 impl Game for Pong {
@@ -555,7 +622,7 @@ impl Game for Pong {
 
     fn create(&self, cx: &Cx<'_, Config>, out: &mut Vec<Outgoing>) -> State {
         let state = State::new(cx.config, cx.now);
-        broadcast(&state, cx.now, out);
+        broadcast(&state, cx.now, true, out);
         state
     }
 
@@ -613,13 +680,14 @@ impl Game for Pong {
             Status::Waiting => {
                 if tick.now >= waiting_deadline(state) {
                     end(state, Status::Abandoned, None);
-                    broadcast(state, tick.now, out);
+                    broadcast(state, tick.now, true, out);
                 }
                 return Ok(());
             }
             Status::Finished | Status::Abandoned => return Ok(()),
         }
         let plan = plan_tick(tick.scheduled, tick.now);
+        let score_before = state.score;
         for _ in 0..plan.steps {
             if let Some(scorer) = step(state) {
                 score(state, scorer);
@@ -632,7 +700,7 @@ impl Game for Pong {
             state.dropped += plan.dropped;
             state.next_tick = Some(plan.next);
         }
-        broadcast(state, tick.scheduled, out);
+        broadcast(state, tick.scheduled, state.score != score_before, out);
         Ok(())
     }
 
@@ -661,7 +729,7 @@ fn waiting_deadline(state: &State) -> DateTime<Utc> {
 mod tests {
     use super::*;
     use crate::game::testkit::{id, t0};
-    use crate::game::Registry;
+    use crate::game::{Delivery, Registry};
     use crate::ids::MatchId;
 
     fn ms(n: i64) -> Duration {
@@ -678,10 +746,13 @@ mod tests {
 
     impl Harness {
         fn new(points_to_win: u32) -> Self {
-            let config = Config { points_to_win };
+            let config = Config {
+                points_to_win,
+                ..Config::default()
+            };
             let mut out = Vec::new();
             let state = Pong.create(&cx(&config, t0()), &mut out);
-            assert_eq!(out.len(), 1, "create announces the match once");
+            assert!(logged(&out), "create announces the match, logged");
             Self {
                 config,
                 state,
@@ -757,10 +828,26 @@ mod tests {
         }
     }
 
+    /// The state a step broadcast: exactly one latest `state` to the match channel, and
+    /// at most one logged copy of the same data.
     fn only_state(out: &[Outgoing]) -> &Value {
-        assert_eq!(out.len(), 1, "{out:?}");
-        assert_eq!((&out[0].to, out[0].name.as_str()), (&To::Match, "state"));
-        &out[0].data
+        assert!(!out.is_empty() && out.len() <= 2, "{out:?}");
+        for o in out {
+            assert_eq!((&o.to, o.name.as_str()), (&To::Match, "state"));
+        }
+        let latest = out.last().expect("not empty");
+        assert_eq!(latest.delivery, Delivery::Latest, "{out:?}");
+        if let [logged, _] = out {
+            assert_eq!(logged.delivery, Delivery::Log);
+            assert_eq!(logged.data, latest.data);
+        }
+        &latest.data
+    }
+
+    /// Whether the step also logged its state.
+    fn logged(out: &[Outgoing]) -> bool {
+        only_state(out);
+        out.len() == 2
     }
 
     fn rejected(out: &[Outgoing], client: &str) -> String {
@@ -787,7 +874,8 @@ mod tests {
             assert_eq!(
                 Config::parse(&raw),
                 Ok(Config {
-                    points_to_win: points
+                    points_to_win: points,
+                    bot: false
                 }),
                 "{raw}"
             );
@@ -1437,7 +1525,12 @@ mod tests {
         let (state, _, next) = ticked.next.expect("ticked");
         assert_eq!(state["tick"], 1);
         assert_eq!(next, Some(scheduled + ms(50)));
-        assert_eq!(ticked.out.len(), 1);
+        assert_eq!(
+            ticked.out.len(),
+            1,
+            "a tick without a point is only a latest value"
+        );
+        assert_eq!(ticked.out[0].delivery, Delivery::Latest);
         // A forfeit ends it: the engine learns that the match is over.
         let leave = [Input::Client {
             msg_id: 3,
@@ -1448,5 +1541,89 @@ mod tests {
         let left = crate::game::DynGame::apply(&Pong, mid, &created.config, &state, &leave, t0());
         assert!(left.over);
         assert_eq!(left.next.expect("applied").1, "finished");
+    }
+
+    #[test]
+    fn only_joins_points_and_the_end_are_logged_every_tick_is_a_latest_value() {
+        let mut h = Harness::new(1);
+        assert!(logged(&h.send("alice", "join", json!({}))));
+        assert!(logged(&h.send("bob", "join", json!({}))));
+        let mut logged_ticks = Vec::new();
+        while h.state.status == Status::Playing {
+            let out = h.tick();
+            if logged(&out) {
+                logged_ticks.push(only_state(&out).clone());
+            }
+        }
+        // Idle paddles: the one point is the only logged tick, and it ends the match.
+        assert_eq!(logged_ticks.len(), 1, "{logged_ticks:?}");
+        assert_eq!(logged_ticks[0]["status"], "finished");
+        assert!(h.state.tick > 1);
+    }
+
+    #[test]
+    fn the_bot_config_seats_a_bot_on_the_right_and_the_first_joiner_starts_the_game() {
+        assert_eq!(
+            Config::parse(&json!({"bot": true})),
+            Ok(Config {
+                points_to_win: DEFAULT_POINTS_TO_WIN,
+                bot: true
+            })
+        );
+        assert!(Config::parse(&json!({"bot": 1})).is_err());
+        let config = Config::parse(&json!({"bot": true, "points_to_win": 3})).expect("valid");
+        let mut out = Vec::new();
+        let mut h = Harness::new(3);
+        h.state = Pong.create(&cx(&config, t0()), &mut out);
+        assert_eq!(only_state(&out)["bot"], "right");
+        let out = h.send("alice", "join", json!({}));
+        assert_eq!(h.state.status, Status::Playing);
+        assert_eq!(h.state.side_of(&id("alice")), Some(Side::Left));
+        assert_eq!(only_state(&out)["players"]["right"], Value::Null);
+        // A second human only spectates, and cannot steer the bot's paddle.
+        assert!(h.send("bob", "join", json!({})).is_empty());
+        assert_eq!(h.state.side_of(&id("bob")), None);
+    }
+
+    #[test]
+    fn the_bot_follows_the_ball_at_half_speed_and_can_be_beaten() {
+        // The ball comes at the bot, well above its paddle: it moves up every other step.
+        let mut h = Harness::rally(Ball {
+            x: WIDTH / 2 + 10,
+            y: 20,
+            vx: 2,
+            vy: 0,
+        });
+        h.state.bot = true;
+        let start = h.state.paddles.right;
+        for _ in 0..4 {
+            h.tick();
+        }
+        assert_eq!(h.state.paddles.right, start - 2 * PADDLE_SPEED);
+        // Going away, it drifts back to the centre.
+        h.state.ball = Ball {
+            x: WIDTH / 2,
+            y: 20,
+            vx: -2,
+            vy: 0,
+        };
+        let before = h.state.paddles.right;
+        for _ in 0..4 {
+            h.tick();
+        }
+        assert!(h.state.paddles.right > before);
+        // A steep ball that starts far from it is out of its reach: the left side scores.
+        let mut h = Harness::rally(Ball {
+            x: WIDTH / 2 + 20,
+            y: 2,
+            vx: MAX_SPEED_X,
+            vy: 0,
+        });
+        h.state.bot = true;
+        h.state.paddles.right = HEIGHT - PADDLE_HALF;
+        while h.state.score == Sides::default() {
+            h.tick();
+        }
+        assert_eq!(h.state.score.left, 1);
     }
 }

@@ -124,6 +124,25 @@ pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     }
 }
 
+/// The routes of `--metrics-listen`: `GET /metrics` and `GET /healthz`, for processes that
+/// run no gateway (workers, tickers).
+pub fn metrics_router(
+    handle: Option<metrics_exporter_prometheus::PrometheusHandle>,
+) -> axum::Router {
+    let render = move || {
+        let handle = handle.clone();
+        async move {
+            match handle {
+                Some(h) => h.render().into_response(),
+                None => (StatusCode::NOT_FOUND, "metrics are not enabled").into_response(),
+            }
+        }
+    };
+    axum::Router::new()
+        .route("/metrics", axum::routing::get(render))
+        .route("/healthz", axum::routing::get(healthz))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenBody {
@@ -177,13 +196,13 @@ pub async fn match_create_handler(
             app.games.names()
         ))
     })?;
-    let (info, heads) = match_create(&app.pool, game.as_ref(), &body.config)
+    let (info, written) = match_create(&app.pool, game.as_ref(), &body.config)
         .await
         .map_err(|e| match e {
             CreateError::BadConfig(m) => ApiError::bad_request(format!("bad config: {m}")),
             CreateError::Db(e) => e.into(),
         })?;
-    app.notifier.heads(&heads);
+    app.notifier.written(&written);
     // A new match may need its clock before any ticker would look again.
     app.notifier.tick_scheduled();
     metrics::counter!("postgame_matches_created_total").increment(1);

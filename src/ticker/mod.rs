@@ -59,6 +59,8 @@ pub const DEFAULT_MATCH_RETENTION: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 /// Matches deleted per prune statement (short statements, short locks).
 const PRUNE_BATCH: i64 = 1000;
+/// How often a process with the ticker role samples the `postgame_matches_due` gauge.
+pub const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 /// Pause when matches are due but all of them are locked by other tickers or workers
 /// (they are being handled; look again shortly rather than spin).
 const BUSY_PAUSE: Duration = Duration::from_millis(5);
@@ -245,6 +247,21 @@ async fn matches_next_tick_in(db: impl PgExecutor<'_>) -> sqlx::Result<Option<f6
     .await
 }
 
+/// Matches due now (`next_tick_at <= now()`) and matches on the clock at all, from the
+/// partial index on `next_tick_at`.
+pub async fn matches_clock_counts(db: impl PgExecutor<'_>) -> sqlx::Result<(i64, i64)> {
+    let r = sqlx::query!(
+        r#"
+        SELECT count(*) FILTER (WHERE next_tick_at <= now()) AS "due!",
+               count(*) AS "scheduled!"
+        FROM postgame.matches WHERE next_tick_at IS NOT NULL
+        "#
+    )
+    .fetch_one(db)
+    .await?;
+    Ok((r.due, r.scheduled))
+}
+
 /// Deletes up to `limit` matches that ended more than `retention` ago (database time),
 /// oldest first, from the partial index on `ended_at`. Matches locked by a worker or a
 /// ticker are skipped (the next prune takes them); a match whose `ended_at` a concurrent
@@ -350,12 +367,12 @@ impl Ticker {
             });
         }
 
-        let heads = writes.write(&mut tx).await?;
+        let written = writes.write(&mut tx).await?;
         matches_tick_fail(&mut tx, &failures).await?;
         matches_tick_recover(&mut tx, &recovered).await?;
         tx.commit().await?;
 
-        self.notifier.heads(&heads);
+        self.notifier.written(&written);
         let ticked = writes.updates.len();
         metrics::counter!("postgame_ticks_total").increment(ticked as u64);
         metrics::counter!("postgame_tick_failures_total").increment(failures.len() as u64);
@@ -398,6 +415,27 @@ impl Ticker {
             }
             if let Err(e) = self.prune_once().await {
                 tracing::warn!(error = %e, "pruning ended matches failed; retrying later");
+            }
+        }
+    }
+
+    /// Sets the `postgame_matches_due` and `postgame_matches_scheduled` gauges every
+    /// [`GAUGE_INTERVAL`] until `stop` (one task per process with the ticker role). A
+    /// backlog of due matches that keeps growing means the tickers cannot keep up.
+    pub async fn run_gauges(self, stop: CancellationToken) {
+        let mut every = tokio::time::interval(GAUGE_INTERVAL);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            match matches_clock_counts(&self.pool).await {
+                Ok((due, scheduled)) => {
+                    metrics::gauge!("postgame_matches_due").set(due as f64);
+                    metrics::gauge!("postgame_matches_scheduled").set(scheduled as f64);
+                }
+                Err(e) => tracing::debug!(error = %e, "sampling the clock gauges failed"),
             }
         }
     }

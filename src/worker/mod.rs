@@ -164,7 +164,7 @@ impl Worker {
             }
         }
 
-        let heads = writes.write(&mut tx).await?;
+        let written = writes.write(&mut tx).await?;
         control_delete(&mut tx, &processed).await?;
         control_holds_clear(&mut tx, &unheld).await?;
         let mut dead = 0;
@@ -177,7 +177,7 @@ impl Worker {
         }
         tx.commit().await?;
 
-        self.notifier.heads(&heads);
+        self.notifier.written(&written);
         // Only a tick that appeared or moved earlier can be missed by a sleeping ticker.
         if writes.tick_sooner {
             self.notifier.tick_scheduled();

@@ -628,9 +628,10 @@ async fn a_failing_tick_backs_off_then_stops_its_clock_and_others_tick_on(
     app.shutdown().await;
 }
 
-/// A Pong bot on its own connection: reads every message of `match:<id>` until the match
-/// is over, steering its paddle (`side`) towards the ball when `follow`, away from it
-/// otherwise. Returns every message it received.
+/// A Pong bot on its own connection: reads every frame of `match:<id>` (the durable
+/// `message`s and the `latest` states) until the match is over, steering its paddle
+/// (`side`) towards the ball when `follow`, away from it otherwise, from the newest state
+/// (by `tick`). Returns every frame it received.
 async fn pong_bot(
     mut c: crate::helpers::Client,
     id: String,
@@ -640,13 +641,23 @@ async fn pong_bot(
     let channel = format!("match:{id}");
     let mut seen = Vec::new();
     let mut dir = 0;
+    let mut newest = -1;
     loop {
-        let m = c.message(&channel).await;
+        let m = c.broadcast(&channel).await;
         let s = m["data"].clone();
         seen.push(m);
-        assert!(seen.len() < 5000, "the match does not end");
+        assert!(seen.len() < 10_000, "the match does not end");
+        let tick = s["tick"].as_i64().unwrap();
+        if tick < newest {
+            continue;
+        }
+        newest = tick;
         if s["status"] != "playing" && s["status"] != "waiting" {
-            return seen;
+            // The end comes both ways: logged and as the latest value.
+            if seen.iter().filter(|f| f["data"] == s).count() == 2 {
+                return seen;
+            }
+            continue;
         }
         if s["status"] != "playing" {
             continue;
@@ -663,6 +674,11 @@ async fn pong_bot(
             c.act(&id, "input", json!({ "dir": dir })).await;
         }
     }
+}
+
+/// The frames of one kind (`message` or `latest`).
+fn frames<'a>(all: &'a [Value], op: &str) -> Vec<&'a Value> {
+    all.iter().filter(|f| f["op"] == op).collect()
 }
 
 #[sqlx::test]
@@ -690,39 +706,72 @@ async fn a_bot_pair_plays_pong_over_websockets_and_sees_the_state_of_every_tick(
     let r = tokio::spawn(pong_bot(right, id.clone(), "right", false));
     let (l, r) = (l.await.unwrap(), r.await.unwrap());
 
-    // Both saw the same messages: every one from their subscription on, gap-free.
-    assert_eq!(l, r, "both bots see the same stream");
-    let seqs: Vec<i64> = l.iter().map(|m| m["seq"].as_i64().unwrap()).collect();
+    // The durable messages: the same for both, gap-free from the subscription on: the two
+    // joins, every point and the end, each a `state`.
+    let (ml, mr) = (frames(&l, "message"), frames(&r, "message"));
+    assert_eq!(ml, mr, "both bots see the same log");
+    let seqs: Vec<i64> = ml.iter().map(|m| m["seq"].as_i64().unwrap()).collect();
     let first = heads[0].max(heads[1]) + 1;
     assert_eq!(seqs, (first..first + seqs.len() as i64).collect::<Vec<_>>());
-    assert!(l.iter().all(|m| m["name"] == "state"), "only states");
-    // One state per tick: the game's step counter goes up by one per broadcast (two when
-    // a late tick took its one catch-up step), never stands still, never jumps further.
-    let ticks: Vec<i64> = l
+    assert!(ml.iter().all(|m| m["name"] == "state"), "only states");
+    let points: Vec<i64> = ml
         .iter()
-        .map(|m| m["data"]["tick"].as_i64().unwrap())
-        .filter(|&t| t > 0)
+        .map(|m| {
+            m["data"]["score"]["left"].as_i64().unwrap()
+                + m["data"]["score"]["right"].as_i64().unwrap()
+        })
         .collect();
-    assert!(ticks.len() > 40, "{} ticks", ticks.len());
-    let catch_ups = ticks
-        .windows(2)
-        .inspect(|w| assert!(w[1] - w[0] == 1 || w[1] - w[0] == 2, "{w:?}"))
-        .filter(|w| w[1] - w[0] == 2)
-        .count();
-    assert_eq!(ticks[0], 1, "the first tick's state is seen");
-    eprintln!(
-        "{} ticks seen, {catch_ups} with a catch-up step",
-        ticks.len()
-    );
-    // The inputs steered the paddles, and the match ended on points.
+    let last_points = *points.last().unwrap();
+    assert!((2..=3).contains(&last_points), "{points:?}");
+    for p in 1..=last_points {
+        assert!(points.contains(&p), "point {p} was not logged: {points:?}");
+    }
+
+    // The latest values: per connection, versions and ticks strictly increase; one state
+    // per tick (the game's step counter goes up by one, or by two when a late tick took
+    // its one catch-up step) unless the stream was conflated under load, which skips.
+    for stream in [&l, &r] {
+        let latest = frames(stream, "latest");
+        let versions: Vec<i64> = latest
+            .iter()
+            .map(|f| f["version"].as_i64().unwrap())
+            .collect();
+        assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
+        let ticks: Vec<i64> = latest
+            .iter()
+            .map(|f| f["data"]["tick"].as_i64().unwrap())
+            .collect();
+        // Tick 0: the creation and the joins, then one per step.
+        assert!(
+            ticks.windows(2).all(|w| w[0] < w[1] || w == [0, 0]),
+            "{ticks:?}"
+        );
+        assert!(ticks.len() > 40, "{} ticks", ticks.len());
+        assert!(latest
+            .iter()
+            .all(|f| f["name"] == "state" && f.get("seq").is_none()));
+        let skipped = ticks.windows(2).filter(|w| w[1] - w[0] > 2).count();
+        eprintln!("{} ticks seen, {skipped} gaps from conflation", ticks.len());
+    }
+    // The inputs steered the paddles, and the match ended on points; both converged on the
+    // same final state, which is also the match's latest value in the database.
     assert!(
         l.iter().any(|m| m["data"]["paddles"]["left"] != 60),
         "the left paddle never moved"
     );
-    let end = &l.last().unwrap()["data"];
+    let end = &frames(&l, "latest").last().unwrap()["data"];
+    assert_eq!(end, &frames(&r, "latest").last().unwrap()["data"]);
     assert_eq!(end["status"], "finished", "{end}");
     let winner = end["winner"].as_str().unwrap();
     assert_eq!(end["score"][winner], 2, "{end}");
+    let stored: Value = sqlx::query_scalar(
+        "SELECT data FROM postgame.latest WHERE channel = $1 AND name = 'state'",
+    )
+    .bind(&channel)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(&stored, end);
     // Over: off the clock and stamped for the prune.
     let (next, ended): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
         sqlx::query_as("SELECT next_tick_at, ended_at FROM postgame.matches WHERE id = $1::uuid")
@@ -732,6 +781,68 @@ async fn a_bot_pair_plays_pong_over_websockets_and_sees_the_state_of_every_tick(
             .unwrap();
     assert_eq!(next, None);
     assert!(ended.is_some());
+    app.shutdown().await;
+}
+
+/// A late subscriber gets the match's current latest state right after `subscribed`, and
+/// one that comes back after the match ended converges on the final state; the log holds
+/// only the states worth replaying, not one per tick.
+#[sqlx::test]
+async fn latest_values_reach_late_subscribers_and_stay_out_of_the_log(
+    _p: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let app = TestApp::spawn(opts).await;
+    let alice = app.token("alice");
+    let id = app
+        .create_match(&alice, "pong", json!({"points_to_win": 1, "bot": true}))
+        .await;
+    let channel = format!("match:{id}");
+    let mut player = app.ws(&alice).await;
+    player.subscribe(&channel, None).await;
+    player.act(&id, "join", json!({})).await;
+    // Against the bot the game starts at the first join.
+    let playing = player
+        .recv_where(|f| f["op"] == "latest" && f["data"]["tick"].as_i64().unwrap_or(0) >= 5)
+        .await;
+    assert_eq!(playing["data"]["status"], "playing", "{playing}");
+    assert_eq!(playing["data"]["bot"], "right", "{playing}");
+
+    let mut late = app.ws(&app.token("carol")).await;
+    let sub = late.subscribe(&channel, None).await;
+    assert_eq!(sub["op"], "subscribed");
+    let first = late.recv().await;
+    assert_eq!(
+        first["op"], "latest",
+        "the current value comes right away: {first}"
+    );
+    assert!(first["data"]["tick"].as_i64().unwrap() >= 5, "{first}");
+    drop(late);
+
+    // Alice hides in the top corner: somebody wins the one point soon and the match ends.
+    player.act(&id, "input", json!({"dir": -1})).await;
+    let end = player
+        .recv_where(|f| f["op"] == "latest" && f["data"]["status"] == "finished")
+        .await;
+    assert!(end["data"]["winner"].is_string(), "{end}");
+    let mut after = app.ws(&app.token("dave")).await;
+    after.subscribe(&channel, None).await;
+    let last = after.recv().await;
+    assert_eq!(
+        (last["op"].as_str(), &last["data"]),
+        (Some("latest"), &end["data"])
+    );
+
+    let logged: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM postgame.messages WHERE channel = $1")
+            .bind(&channel)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let ticks = end["data"]["tick"].as_i64().unwrap();
+    // Creation, the join, the point that ended it.
+    assert_eq!(logged, 3, "{ticks} ticks");
+    assert!(ticks > 20, "{ticks}");
     app.shutdown().await;
 }
 
@@ -836,4 +947,96 @@ async fn ended_matches_are_pruned_after_the_retention_and_live_or_recent_ones_ar
         assert!(exists(&app, id).await, "{id} was pruned");
     }
     app.shutdown().await;
+}
+
+/// A process that runs only tickers serves `/metrics` on `--metrics-listen`, with the
+/// clock's metrics: ticks, lateness, batch sizes and the matches-due gauge, which counts
+/// exactly the matches whose `next_tick_at` has passed.
+#[sqlx::test]
+async fn a_ticker_process_serves_its_metrics_and_counts_the_matches_due(
+    _p: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let db_url = crate::helpers::database_url(&opts);
+    let pool = sqlx::PgPool::connect(&db_url).await.unwrap();
+    postgame::store::migrate(&pool).await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (info, _) =
+            postgame::matches::match_create(&pool, &postgame::game::noop::Noop, &json!({"hz": 10}))
+                .await
+                .unwrap();
+        ids.push(info.id);
+    }
+    // Two overdue, one an hour away; nothing ticks them yet.
+    sqlx::query(
+        "UPDATE postgame.matches SET next_tick_at = CASE WHEN id = $1 \
+         THEN now() + interval '1 hour' ELSE now() - interval '1 second' END",
+    )
+    .bind(ids[0])
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        postgame::ticker::matches_clock_counts(&pool).await.unwrap(),
+        (2, 3)
+    );
+
+    let mut config = crate::helpers::test_config(&db_url);
+    config.roles = vec![postgame::config::Role::Ticker];
+    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let server = postgame::start(config, postgame::game::Registry::builtin(), None)
+        .await
+        .unwrap();
+    assert_eq!(server.addr, None, "no gateway");
+    let url = format!("http://{}/metrics", server.metrics_addr.unwrap());
+    let mut body = String::new();
+    for _ in 0..100 {
+        body = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        if [
+            "postgame_matches_due",
+            "postgame_matches_scheduled",
+            "postgame_ticks_total",
+            "postgame_tick_lateness_seconds",
+            "postgame_tick_batch_size",
+        ]
+        .iter()
+        .all(|m| body.contains(m))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for m in [
+        "postgame_matches_due",
+        "postgame_matches_scheduled",
+        "postgame_ticks_total",
+        "postgame_tick_lateness_seconds",
+        "postgame_tick_batch_size",
+    ] {
+        assert!(body.contains(m), "{m} missing from:\n{body}");
+    }
+    // The tickers took the two overdue matches (and only those) on.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ticked: Vec<bool> = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the overdue matches were never ticked"
+        );
+        let rows: Vec<(uuid::Uuid, i64)> =
+            sqlx::query_as("SELECT id, version FROM postgame.matches ORDER BY id")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        let v: Vec<bool> = ids
+            .iter()
+            .map(|id| rows.iter().any(|(r, n)| r == id && *n > 0))
+            .collect();
+        if v[1] && v[2] {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(ticked, [false, true, true]);
+    server.shutdown().await;
 }

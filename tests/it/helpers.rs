@@ -300,6 +300,15 @@ impl Client {
             .await
     }
 
+    /// The next `message` or `latest` frame on `channel`.
+    pub async fn broadcast(&mut self, channel: &str) -> Value {
+        let channel = channel.to_owned();
+        self.recv_where(move |v| {
+            (v["op"] == "message" || v["op"] == "latest") && v["channel"] == channel
+        })
+        .await
+    }
+
     /// The next `message` on `channel`, or how the connection closed.
     pub async fn try_message(&mut self, channel: &str) -> Result<Value, Closed> {
         if let Some(i) = self

@@ -39,7 +39,30 @@ export interface Message<T = any> {
   data: T;
   /** RFC 3339. */
   ts: string;
+  /** Absent on log messages (see {@link LatestMessage}). */
+  latest?: undefined;
 }
+
+/**
+ * The newest value of a conflated stream (a `latest` frame, such as Pong's per-tick
+ * `state`): no seq, no history, no resume. Per (channel, name) the client delivers only
+ * versions above the highest one it has delivered (across reconnects too); versions may
+ * skip. Not ordered with respect to {@link Message}s: the data carries its own clock.
+ */
+export interface LatestMessage<T = any> {
+  channel: string;
+  name: string;
+  data: T;
+  /** RFC 3339. */
+  ts: string;
+  /** Strictly increasing per (channel, name). */
+  version: number;
+  latest: true;
+  seq?: undefined;
+}
+
+/** What a subscription's `onMessage` receives: tell the two apart by `latest`. */
+export type Delivery<T = any> = Message<T> | LatestMessage<T>;
 
 /** The settled result of a publish: the server committed the message. */
 export interface Ack {
@@ -93,6 +116,8 @@ export declare class Subscription {
   readonly channel: string;
   /** The seq of the last message delivered (the head after a subscribe without `since`). */
   readonly lastSeq: number | null;
+  /** Per name, the highest `version` of a latest value delivered (kept across reconnects). */
+  readonly latestVersions: ReadonlyMap<string, number>;
   /** False once unsubscribed or refused. */
   readonly active: boolean;
   /** The first `subscribed` reply, or the refusal. */
@@ -144,8 +169,12 @@ export declare class Client {
   /** Resolves when connected (at once if connected); rejects with `closed` if the client is closed first. */
   whenConnected(): Promise<void>;
 
-  /** Subscribes; messages arrive once each, in seq order, across reconnects. One subscription per channel. */
-  subscribe<T = any>(channel: string, onMessage: (message: Message<T>) => void, options?: SubscribeOptions): Subscription;
+  /**
+   * Subscribes; messages arrive once each, in seq order, across reconnects; latest values
+   * (`latest: true`) arrive in increasing version order per name, older ones dropped. One
+   * subscription per channel.
+   */
+  subscribe<T = any>(channel: string, onMessage: (message: Delivery<T>) => void, options?: SubscribeOptions): Subscription;
   subscription(channel: string): Subscription | undefined;
 
   /**

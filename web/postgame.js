@@ -14,6 +14,9 @@
 // - reconnects after any drop, with exponential backoff and jitter;
 // - resubscribes every channel after a reconnect with `since` = the last seq it delivered,
 //   so a subscriber sees every message once, in order (no gap, no duplicate);
+// - delivers `latest` frames (conflated latest values, such as Pong's per-tick states) to
+//   the same handler, marked `latest: true`, dropping any whose `version` is not above the
+//   highest one seen for its (channel, name), across reconnects too;
 // - gives every publish an idempotency key and resends unacknowledged publishes with the
 //   same key after a reconnect, so a publish is applied at most once and is never lost
 //   while the client lives;
@@ -28,6 +31,18 @@
  * @property {string} name
  * @property {any} data
  * @property {string} ts RFC 3339
+ */
+
+/**
+ * @typedef {object} LatestMessage The newest value of a conflated stream (a `latest` frame):
+ *   no seq, no history, no resume; versions may skip, and are delivered in increasing order
+ *   per (channel, name). Not ordered with respect to `message` frames.
+ * @property {string} channel
+ * @property {string} name
+ * @property {any} data
+ * @property {string} ts RFC 3339
+ * @property {number} version strictly increasing per (channel, name)
+ * @property {true} latest
  */
 
 /**
@@ -131,7 +146,7 @@ function memoryStorage() {
  * One subscription to a channel. Made by {@link Client#subscribe}.
  */
 export class Subscription {
-  /** @param {Client} client @param {string} channel @param {(m: Message) => void} onMessage @param {SubscribeOptions} options */
+  /** @param {Client} client @param {string} channel @param {(m: Message | LatestMessage) => void} onMessage @param {SubscribeOptions} options */
   constructor(client, channel, onMessage, options) {
     this._client = client;
     /** @type {string} */
@@ -140,6 +155,8 @@ export class Subscription {
     this._options = options;
     /** @type {number | null} the seq of the last message delivered (null before the first `subscribed` without `since`) */
     this.lastSeq = typeof options.since === 'number' ? options.since : null;
+    /** @type {Map<string, number>} per name, the highest `version` of a `latest` frame seen (kept across reconnects) */
+    this.latestVersions = new Map();
     /** @type {boolean} */
     this.active = true;
     this._pending = false; // a subscribe request awaits its reply
@@ -607,7 +624,7 @@ export class Client {
 
   _onFrame(frame) {
     if (!frame || typeof frame.op !== 'string') return;
-    if (frame.id != null && this._replies.has(frame.id) && frame.op !== 'message') {
+    if (frame.id != null && this._replies.has(frame.id) && frame.op !== 'message' && frame.op !== 'latest') {
       const onReply = this._replies.get(frame.id);
       this._replies.delete(frame.id);
       onReply(frame);
@@ -625,6 +642,28 @@ export class Client {
         if (sub.lastSeq !== null && frame.seq <= sub.lastSeq) return; // a duplicate
         sub.lastSeq = frame.seq;
         const msg = { channel: frame.channel, seq: frame.seq, name: frame.name, data: frame.data, ts: frame.ts };
+        try {
+          sub._onMessage(msg);
+        } catch (e) {
+          console.error(`postgame: the handler of ${frame.channel} threw`, e);
+        }
+        break;
+      }
+      case 'latest': {
+        const sub = this._subs.get(frame.channel);
+        // Like messages, a subscription's latest values follow its `subscribed`.
+        if (!sub || !sub.active || !sub._live || typeof frame.version !== 'number') return;
+        const seen = sub.latestVersions.get(frame.name);
+        if (seen !== undefined && frame.version <= seen) return; // older than what was delivered
+        sub.latestVersions.set(frame.name, frame.version);
+        const msg = {
+          channel: frame.channel,
+          name: frame.name,
+          data: frame.data,
+          ts: frame.ts,
+          version: frame.version,
+          latest: true,
+        };
         try {
           sub._onMessage(msg);
         } catch (e) {
@@ -678,9 +717,10 @@ export class Client {
 
   /**
    * Subscribes to a channel. Messages reach `onMessage` once each, in seq order, across
-   * reconnects. One subscription per channel and client.
+   * reconnects. Latest values (`latest: true`, no seq) reach it too, each name's in
+   * increasing `version` order, older ones dropped. One subscription per channel and client.
    * @param {string} channel
-   * @param {(message: Message) => void} onMessage
+   * @param {(message: Message | LatestMessage) => void} onMessage
    * @param {SubscribeOptions} [options]
    * @returns {Subscription}
    */

@@ -187,6 +187,11 @@ pub struct TicksArgs {
     /// Due matches one ticker claims per transaction (also the baseline's batch).
     #[arg(long, default_value_t = 100)]
     pub tick_batch: i64,
+
+    /// Commit every ticker batch synchronously (`serve --sync-ticks`); the baseline then
+    /// commits synchronously too. By default both skip the WAL flush wait.
+    #[arg(long)]
+    pub sync_ticks: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -300,6 +305,12 @@ pub struct ServeConfig {
     /// Due matches one ticker claims per transaction.
     #[arg(long, env = "POSTGAME_TICK_BATCH", default_value_t = 100)]
     pub tick_batch: i64,
+
+    /// Commit every ticker batch synchronously. By default a batch that logs nothing (only
+    /// state and latest values) does not wait for its WAL flush: a crash of Postgres may
+    /// replay the last few hundred milliseconds of such ticks, never anything logged.
+    #[arg(long, env = "POSTGAME_SYNC_TICKS")]
+    pub sync_ticks: bool,
 
     /// Hours an ended match (won, drawn, abandoned) is kept before it is deleted.
     #[arg(long, env = "POSTGAME_MATCH_RETENTION_HOURS", default_value_t = 24.0)]

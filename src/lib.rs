@@ -166,6 +166,7 @@ pub async fn start(
             Arc::clone(&notifier),
             ticker::TickerConfig {
                 match_retention: config.match_retention(),
+                sync_commit: config.sync_ticks,
                 ..ticker::TickerConfig::new(config.tick_batch, config.poll_interval())
             },
         );

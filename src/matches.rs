@@ -30,7 +30,7 @@ pub struct MatchInfo {
 /// latest values ([`Delivery::Latest`]).
 pub fn outgoing_messages(
     match_id: MatchId,
-    out: &[Outgoing],
+    out: Vec<Outgoing>,
 ) -> (Vec<NewMessage>, Vec<NewMessage>) {
     let mut log = Vec::new();
     let mut latest = Vec::new();
@@ -41,8 +41,8 @@ pub fn outgoing_messages(
                 To::User(c) => Channel::of_user(c).as_str().to_owned(),
                 To::Lobby => Channel::lobby().as_str().to_owned(),
             },
-            name: o.name.clone(),
-            data: o.data.clone(),
+            name: o.name,
+            data: o.data,
         };
         match o.delivery {
             Delivery::Log => log.push(m),
@@ -69,11 +69,14 @@ pub fn lobby_announcement(match_id: MatchId, game: &str, status: &str) -> NewMes
     }
 }
 
-/// The data of the last `state` message to the match channel, if any.
+/// The data of the last logged `state` message to the match channel, if any: what
+/// `matches.view` keeps. A `state` sent as a latest value is not copied there (it is in
+/// `postgame.latest` already, and copying it would write it twice per tick);
+/// [`match_get`] prefers it.
 pub fn latest_view(out: &[Outgoing]) -> Option<Value> {
     out.iter()
         .rev()
-        .find(|o| o.to == To::Match && o.name == "state")
+        .find(|o| o.to == To::Match && o.name == "state" && o.delivery == Delivery::Log)
         .map(|o| o.data.clone())
 }
 
@@ -118,10 +121,10 @@ pub async fn match_create(
     )
     .fetch_one(&mut *tx)
     .await?;
-    let (mut messages, latest) = outgoing_messages(id, &created.out);
+    let (mut messages, latest) = outgoing_messages(id, created.out);
     messages.push(lobby_announcement(id, game.name(), created.status));
     let (_, heads) = log_append(&mut tx, &messages).await?;
-    let latest = latest_write(&mut tx, &latest).await?;
+    let latest = latest_write(&mut tx, latest).await?;
     tx.commit().await?;
     Ok((
         MatchInfo {
@@ -136,13 +139,17 @@ pub async fn match_create(
     ))
 }
 
-/// One match with its latest `state` data.
+/// One match with its latest `state` data: the match channel's latest value of `state`
+/// if the game sends one, else the last logged `state`.
 pub async fn match_get(db: impl PgExecutor<'_>, id: MatchId) -> sqlx::Result<Option<MatchInfo>> {
     sqlx::query_as!(
         MatchInfo,
         r#"
-        SELECT id, game, status, config, created_at, view AS state
-        FROM postgame.matches WHERE id = $1
+        SELECT m.id, m.game, m.status, m.config, m.created_at,
+               coalesce(l.data, m.view) AS state
+        FROM postgame.matches m
+        LEFT JOIN postgame.latest l ON l.channel = 'match:' || m.id AND l.name = 'state'
+        WHERE m.id = $1
         "#,
         id.0
     )
@@ -228,15 +235,19 @@ pub struct MatchUpdate {
     pub over: bool,
 }
 
-/// Saves several matches in one statement.
-pub async fn matches_save(conn: &mut PgConnection, updates: &[MatchUpdate]) -> sqlx::Result<()> {
+/// Saves several matches in one statement. The states and views are moved out of
+/// `updates` (left `null` and `None`): they are large, and this is the hot path.
+pub async fn matches_save(
+    conn: &mut PgConnection,
+    updates: &mut [MatchUpdate],
+) -> sqlx::Result<()> {
     if updates.is_empty() {
         return Ok(());
     }
     let ids: Vec<Uuid> = updates.iter().map(|u| u.id).collect();
-    let states: Vec<Value> = updates.iter().map(|u| u.state.clone()).collect();
+    let states: Vec<Value> = updates.iter_mut().map(|u| u.state.take()).collect();
     let statuses: Vec<String> = updates.iter().map(|u| u.status.clone()).collect();
-    let views: Vec<Option<Value>> = updates.iter().map(|u| u.view.clone()).collect();
+    let views: Vec<Option<Value>> = updates.iter_mut().map(|u| u.view.take()).collect();
     let ticks: Vec<Option<DateTime<Utc>>> = updates.iter().map(|u| u.next_tick_at).collect();
     let steps: Vec<i64> = updates.iter().map(|u| u.steps).collect();
     let over: Vec<bool> = updates.iter().map(|u| u.over).collect();
@@ -295,7 +306,8 @@ impl BatchWrites {
         } = applied;
         if let Some((state, status, next_tick_at)) = next {
             let id = MatchId(m.id);
-            let (log, latest) = outgoing_messages(id, &out);
+            let view = latest_view(&out);
+            let (log, latest) = outgoing_messages(id, out);
             self.messages.extend(log);
             self.latest.extend(latest);
             let mut previous = m.status.as_str();
@@ -312,7 +324,7 @@ impl BatchWrites {
                 id: m.id,
                 state,
                 status: status.to_owned(),
-                view: latest_view(&out),
+                view,
                 next_tick_at,
                 steps: applied as i64,
                 over,
@@ -323,10 +335,13 @@ impl BatchWrites {
 
     /// Saves the matches, appends the messages and replaces the latest values, in the
     /// caller's transaction. Returns what to announce after the commit.
-    pub async fn write(&self, conn: &mut PgConnection) -> sqlx::Result<Written> {
-        matches_save(&mut *conn, &self.updates).await?;
+    ///
+    /// The states and latest values are moved out; what is left (ids, statuses,
+    /// schedules, log messages) can still be read.
+    pub async fn write(&mut self, conn: &mut PgConnection) -> sqlx::Result<Written> {
+        matches_save(&mut *conn, &mut self.updates).await?;
         let (_, heads) = log_append(&mut *conn, &self.messages).await?;
-        let latest = latest_write(conn, &self.latest).await?;
+        let latest = latest_write(conn, std::mem::take(&mut self.latest)).await?;
         Ok(Written { heads, latest })
     }
 }

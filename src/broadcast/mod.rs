@@ -236,20 +236,25 @@ pub struct LatestValue {
 /// so a reader can drop anything not newer than what it has.
 pub async fn latest_write(
     conn: &mut PgConnection,
-    values: &[NewMessage],
+    values: Vec<NewMessage>,
 ) -> sqlx::Result<Vec<(String, i64)>> {
     if values.is_empty() {
         return Ok(Vec::new());
     }
     // The last value per (channel, name), sorted: one row is written once per statement
     // (ON CONFLICT cannot touch a row twice), and rows are locked in one global order.
-    let mut last: std::collections::BTreeMap<(&str, &str), &Value> = Default::default();
+    let mut last: std::collections::BTreeMap<(String, String), Value> = Default::default();
     for v in values {
-        last.insert((v.channel.as_str(), v.name.as_str()), &v.data);
+        last.insert((v.channel, v.name), v.data);
     }
-    let channels: Vec<&str> = last.keys().map(|(c, _)| *c).collect();
-    let names: Vec<&str> = last.keys().map(|(_, n)| *n).collect();
-    let datas: Vec<Value> = last.values().map(|d| (*d).clone()).collect();
+    let mut channels = Vec::with_capacity(last.len());
+    let mut names = Vec::with_capacity(last.len());
+    let mut datas = Vec::with_capacity(last.len());
+    for ((c, n), d) in last {
+        channels.push(c);
+        names.push(n);
+        datas.push(d);
+    }
     let rows = sqlx::query!(
         r#"
         INSERT INTO postgame.latest AS l (channel, name, version, data)
@@ -260,8 +265,8 @@ pub async fn latest_write(
                 ts = EXCLUDED.ts
         RETURNING channel, version
         "#,
-        &channels as &[&str],
-        &names as &[&str],
+        &channels,
+        &names,
         &datas
     )
     .fetch_all(conn)

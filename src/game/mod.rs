@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::ids::{ClientId, MatchId};
@@ -312,11 +312,12 @@ fn run_steps<G: Game>(
         error: Some(error),
         over: false,
     };
-    let config: G::Config = match serde_json::from_value(config.clone()) {
+    // Deserialised from the borrowed JSON trees: no copy of them on the hot path.
+    let config = match G::Config::deserialize(config) {
         Ok(c) => c,
         Err(e) => return failed(format!("stored config does not parse: {e}")),
     };
-    let mut current: G::State = match serde_json::from_value(state.clone()) {
+    let mut current = match G::State::deserialize(state) {
         Ok(s) => s,
         Err(e) => return failed(format!("stored state does not parse: {e}")),
     };

@@ -17,6 +17,15 @@
 //! - **Lateness is the game's choice.** A tick gets [`Tick`] with `scheduled` and `now`;
 //!   the game's `next_tick_at` decides whether a late match catches up (next = scheduled +
 //!   period, possibly already due) or skips to now (next = now + period).
+//! - **Durability follows the log.** A batch whose ticks append nothing to the message log
+//!   (only state, schedules and latest values: a game loop between two points) commits
+//!   with `synchronous_commit = off` unless [`TickerConfig::sync_commit`]: it does not wait
+//!   for its WAL flush. A crash of Postgres (not of a ticker) may then lose the last few
+//!   hundred milliseconds of such ticks (at most 3 × `wal_writer_delay`); their matches
+//!   come back at the state before, still due, and are ticked again. Nothing logged is lost:
+//!   a batch that logs a message, records a failure or ends a match commits synchronously,
+//!   and a synchronous commit flushes every earlier commit's WAL with its own, so no
+//!   durable step can depend on a lost one.
 //! - **A failing tick never stops the ticker.** An error or a panic changes nothing but
 //!   the match's schedule: it is pushed back with a doubling backoff, and after
 //!   [`TickerConfig::max_failures`] consecutive failures the match's clock is stopped
@@ -82,6 +91,9 @@ pub struct TickerConfig {
     pub match_retention: Duration,
     /// How often [`Ticker::run_prune`] looks for ended matches to delete.
     pub prune_interval: Duration,
+    /// Commit every batch synchronously, even those that log nothing (see the module
+    /// docs); off by default.
+    pub sync_commit: bool,
 }
 
 impl TickerConfig {
@@ -95,6 +107,7 @@ impl TickerConfig {
             backoff_max: DEFAULT_BACKOFF_MAX,
             match_retention: DEFAULT_MATCH_RETENTION,
             prune_interval: DEFAULT_PRUNE_INTERVAL,
+            sync_commit: false,
         }
     }
 
@@ -370,6 +383,14 @@ impl Ticker {
         let written = writes.write(&mut tx).await?;
         matches_tick_fail(&mut tx, &failures).await?;
         matches_tick_recover(&mut tx, &recovered).await?;
+        let logs_nothing = writes.messages.is_empty()
+            && failures.is_empty()
+            && writes.updates.iter().all(|u| !u.over);
+        if logs_nothing && !self.config.sync_commit {
+            sqlx::query!("SET LOCAL synchronous_commit = off")
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
 
         self.notifier.written(&written);

@@ -16,6 +16,7 @@ async fn tiny_run(opts: PgConnectOptions, game: &str, hz: f64) -> bench::Report 
         game: game.into(),
         processes: false,
         tick_batch: 10,
+        sync_ticks: false,
     };
     let report = bench::ticks::run(&database_url(&opts), &args, false)
         .await
@@ -70,6 +71,7 @@ async fn a_ticks_run_refuses_pong_at_another_rate(_p: PgPoolOptions, opts: PgCon
         game: "pong".into(),
         processes: false,
         tick_batch: 10,
+        sync_ticks: false,
     };
     let e = bench::ticks::run(&database_url(&opts), &args, false)
         .await

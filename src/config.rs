@@ -185,7 +185,7 @@ pub struct TicksArgs {
     pub processes: bool,
 
     /// Due matches one ticker claims per transaction (also the baseline's batch).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 500)]
     pub tick_batch: i64,
 
     /// Commit every ticker batch synchronously (`serve --sync-ticks`); the baseline then
@@ -303,7 +303,7 @@ pub struct ServeConfig {
     pub tickers: usize,
 
     /// Due matches one ticker claims per transaction.
-    #[arg(long, env = "POSTGAME_TICK_BATCH", default_value_t = 100)]
+    #[arg(long, env = "POSTGAME_TICK_BATCH", default_value_t = 500)]
     pub tick_batch: i64,
 
     /// Commit every ticker batch synchronously. By default a batch that logs nothing (only

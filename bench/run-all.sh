@@ -193,6 +193,7 @@ ticks_cases=(
     "pong, 2 tickers|ticks --game pong --matches $TICKS_MATCHES --hz 20 --tickers 2 --duration $TICKS_DURATION"
     "noop, 2 tickers|ticks --game noop --matches $TICKS_MATCHES --hz 20 --tickers 2 --duration $TICKS_DURATION"
     "pong, 4 tickers|ticks --game pong --matches $TICKS_MATCHES --hz 20 --tickers 4 --duration $TICKS_DURATION"
+    "pong, 3x the matches (saturated: capacity), 2 tickers|ticks --game pong --matches $((TICKS_MATCHES * 3)) --hz 20 --tickers 2 --duration $((TICKS_DURATION / 3 + 1))"
 )
 # Bounds per case: the run, plus setup, plus (ticks) the in-run baseline of equal length.
 limit_of() { # limit_of SECONDS_MEASURED FACTOR

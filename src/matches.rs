@@ -69,15 +69,24 @@ pub fn lobby_announcement(match_id: MatchId, game: &str, status: &str) -> NewMes
     }
 }
 
-/// The data of the last logged `state` message to the match channel, if any: what
-/// `matches.view` keeps. A `state` sent as a latest value is not copied there (it is in
-/// `postgame.latest` already, and copying it would write it twice per tick);
-/// [`match_get`] prefers it.
+/// What a step stores in `matches.view` (`None`: keep what is there): the data of the
+/// last logged `state` message to the match channel. A game that sends its `state` as a
+/// latest value has it in `postgame.latest`, which [`match_get`] prefers; its view is set
+/// to JSON `null` rather than a copy, because the view travels in every new version of the
+/// match row, and for a 20 Hz game that is written 20 times a second.
 pub fn latest_view(out: &[Outgoing]) -> Option<Value> {
-    out.iter()
+    let states = out
+        .iter()
         .rev()
-        .find(|o| o.to == To::Match && o.name == "state" && o.delivery == Delivery::Log)
-        .map(|o| o.data.clone())
+        .filter(|o| o.to == To::Match && o.name == "state");
+    let mut logged = None;
+    for o in states {
+        if o.delivery == Delivery::Latest {
+            return Some(Value::Null);
+        }
+        logged = logged.or(Some(&o.data));
+    }
+    logged.cloned()
 }
 
 /// Why a match could not be created.

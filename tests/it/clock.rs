@@ -843,6 +843,17 @@ async fn latest_values_reach_late_subscribers_and_stay_out_of_the_log(
     // Creation, the join, the point that ended it.
     assert_eq!(logged, 3, "{ticks} ticks");
     assert!(ticks > 20, "{ticks}");
+    // The match's state over HTTP is its latest value; the row keeps no copy of it.
+    let (status, got) = app.get(&format!("/v1/matches/{id}"), &alice).await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got["state"], end["data"]);
+    let view: Option<Value> =
+        sqlx::query_scalar("SELECT view FROM postgame.matches WHERE id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(view, Some(Value::Null));
     app.shutdown().await;
 }
 

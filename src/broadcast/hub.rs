@@ -189,36 +189,36 @@ impl Hub {
 
     /// Channels reached these heads (from NOTIFY or from this process's own commits).
     pub fn on_heads<'a>(&self, heads: impl IntoIterator<Item = (&'a str, Seq)>) {
-        let mut state = self.lock();
-        let mut any = false;
-        for (channel, head) in heads {
-            if let Some(entry) = state.channels.get(channel) {
-                if head > entry.head {
-                    state.dirty.insert(channel.to_owned());
-                    any = true;
-                }
-            }
-        }
-        drop(state);
-        if any {
-            self.wake.notify_one();
-        }
+        self.mark_dirty(heads, false);
     }
 
     /// Channels have latest values up to these versions (from NOTIFY or from this
     /// process's own commits).
     pub fn on_latest<'a>(&self, versions: impl IntoIterator<Item = (&'a str, i64)>) {
-        let mut state = self.lock();
+        self.mark_dirty(versions, true);
+    }
+
+    /// Marks subscribed channels whose log head (or, with `latest`, latest version) is past
+    /// what this hub delivered, and wakes the fetch task if any.
+    fn mark_dirty<'a>(&self, items: impl IntoIterator<Item = (&'a str, i64)>, latest: bool) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
         let mut any = false;
-        for (channel, version) in versions {
-            if let Some(entry) = state.channels.get(channel) {
-                if version > entry.latest_max {
-                    state.latest_dirty.insert(channel.to_owned());
-                    any = true;
-                }
+        for (channel, n) in items {
+            let Some(entry) = state.channels.get(channel) else {
+                continue;
+            };
+            let (delivered, dirty) = if latest {
+                (entry.latest_max, &mut state.latest_dirty)
+            } else {
+                (entry.head, &mut state.dirty)
+            };
+            if n > delivered {
+                dirty.insert(channel.to_owned());
+                any = true;
             }
         }
-        drop(state);
+        drop(guard);
         if any {
             self.wake.notify_one();
         }

@@ -10,21 +10,9 @@ import assert from 'node:assert/strict';
 import { mkdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 
-import { chromium } from 'playwright-core';
-import { Server, ROOT } from '../testlib/server.mjs';
+import { Server } from '../testlib/server.mjs';
+import { SHOTS, launchChromium } from '../testlib/browser.mjs';
 
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-const FLAGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
-const SHOTS = path.join(ROOT, 'target/web-screenshots');
 
 /** @type {Server} */
 let server;
@@ -40,7 +28,7 @@ before(async () => {
   server = new Server({ name: 'e2e' });
   await server.start();
   // Playwright gives Chromium a fresh profile (user-data-dir) of its own.
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: FLAGS });
+  browser = await launchChromium();
 });
 
 after(async () => {

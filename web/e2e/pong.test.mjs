@@ -10,21 +10,9 @@ import assert from 'node:assert/strict';
 import { mkdirSync, readdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 
-import { chromium } from 'playwright-core';
-import { Server, ROOT } from '../testlib/server.mjs';
+import { Server } from '../testlib/server.mjs';
+import { SHOTS, launchChromium } from '../testlib/browser.mjs';
 
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-const FLAGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
-const SHOTS = path.join(ROOT, 'target/web-screenshots');
 
 /** @type {Server} */
 let server;
@@ -38,7 +26,7 @@ before(async () => {
   for (const f of readdirSync(SHOTS)) if (f.startsWith('pong-')) rmSync(path.join(SHOTS, f));
   server = new Server({ name: 'pong' });
   await server.start();
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: FLAGS });
+  browser = await launchChromium();
 });
 
 after(async () => {

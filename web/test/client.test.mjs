@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 
 import { connect, PostgameError, ERROR_CODES } from '../postgame.js';
 import { Server } from '../testlib/server.mjs';
+import { waitFor } from '../testlib/wait.mjs';
 import { CuttableProxy } from '../testlib/proxy.mjs';
 
 if (typeof WebSocket !== 'function') {
@@ -47,15 +48,6 @@ function client(options = {}) {
   return c;
 }
 
-async function waitFor(what, cond, timeoutMs = 15000) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await cond();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 async function newMatch(c, config = { turn_seconds: 600, reconnect_seconds: 600 }) {
   const m = await c.request('POST', '/v1/matches', { game: 'tictactoe', config });

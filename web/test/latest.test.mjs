@@ -1,16 +1,14 @@
 // postgame.js and `latest` frames (a conflated latest value per channel and name, such as
 // Pong's per-tick `state`), against the real server:
 // `node --experimental-websocket --test web/test`. Needs target/debug/postgame and PostgreSQL.
-//
-// GUARDED: a raw WebSocket first checks whether the server sends `latest` frames at all for
-// a Pong match in play. A server without them (before that feature) makes the test SKIP,
-// with a message saying so; it never passes without having seen `latest` frames.
+// A raw WebSocket beside the library checks that the server really sends `latest` frames.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 
 import { connect } from '../postgame.js';
 import { Server } from '../testlib/server.mjs';
+import { sleep, waitFor } from '../testlib/wait.mjs';
 
 if (typeof WebSocket !== 'function') {
   throw new Error('no global WebSocket: run node with --experimental-websocket (Node.js 20)');
@@ -41,17 +39,7 @@ function client() {
   return c;
 }
 
-async function waitFor(what, cond, timeoutMs = 15000) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await cond();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /** A bare WebSocket subscribed to `channel`, recording every frame the server sends. */
 async function rawSubscriber(channel) {
@@ -70,7 +58,7 @@ async function rawSubscriber(channel) {
   return { ws, frames };
 }
 
-test('latest frames reach onMessage as {latest: true, version}, deduplicated by version across reconnects', T, async (t) => {
+test('latest frames reach onMessage as {latest: true, version}, deduplicated by version across reconnects', T, async () => {
   const a = client();
   const b = client();
   await Promise.all([a.whenConnected(), b.whenConnected()]);
@@ -85,12 +73,8 @@ test('latest frames reach onMessage as {latest: true, version}, deduplicated by 
   await b.publish(`control:${id}`, 'join', {});
   await waitFor('play', () => got.some((m) => m.data.status === 'playing'));
 
-  // The guard: does this server send `latest` frames at all?
-  const serverSends = await waitFor('a latest frame', () => raw.frames.some((f) => f.op === 'latest'), 3000).catch(() => false);
-  if (!serverSends) {
-    t.skip('SKIPPED: this server sends no `latest` frames yet (per-tick states are `message` frames)');
-    return;
-  }
+  // The server sends per-tick states as `latest` frames.
+  await waitFor('a latest frame', () => raw.frames.some((f) => f.op === 'latest'));
 
   await waitFor('latest values', () => got.filter((m) => m.latest).length >= 5);
   // A reconnect in the middle of play.

@@ -6,9 +6,9 @@
 // - A match is at /pong#/match/<id>. Opening it while it waits for players joins it: the
 //   creator takes the left paddle, whoever opens the link the right one (a match created
 //   with {"bot": true} has the server's bot on the right, so play starts at once).
-// - States arrive on match:<id> as `state`: per tick either as log messages or as `latest`
-//   values (postgame.js hands both to the same handler), and as log messages at joins,
-//   scores and the end. The two kinds are not ordered with respect to each other, so the
+// - States arrive on match:<id> as `state`: every tick as a `latest` value, and also as
+//   log messages at joins, points and the end (postgame.js hands both to the same
+//   handler). The two kinds are not ordered with respect to each other, so the
 //   page keeps the newest by the game's own clock (`tick`, then status and seats on a tie).
 // - Drawing runs at the display's rate and interpolates between the last two ticks (so the
 //   picture is one tick, 50 ms, behind the server).
@@ -66,8 +66,7 @@ async function create(config) {
     const m = await client.request('POST', '/v1/matches', { game: 'pong', config });
     location.hash = `#/match/${m.id}`;
   } catch (e) {
-    if (config.bot && e.code === 'bad_request') notice(`This server has no Pong bot yet (${e.message}).`);
-    else failed(e);
+    failed(e);
   } finally {
     for (const b of [$('new-match'), $('play-bot'), $('again')]) b.disabled = false;
   }

@@ -20,6 +20,7 @@
 
 pub mod bench;
 pub mod broadcast;
+pub mod claim_loop;
 pub mod config;
 pub mod game;
 pub mod gateway;

@@ -91,31 +91,31 @@ impl Notifier {
 
     /// Channels reached these heads in a committed transaction.
     pub fn heads(&self, heads: &[(String, Seq)]) {
-        self.written(&Written {
-            heads: heads.to_vec(),
-            latest: Vec::new(),
-        });
+        self.announce(heads, &[]);
     }
 
     /// A transaction committed these log heads and latest versions.
     pub fn written(&self, written: &Written) {
-        if written.heads.is_empty() && written.latest.is_empty() {
+        self.announce(&written.heads, &written.latest);
+    }
+
+    fn announce(&self, heads: &[(String, Seq)], latest: &[(String, i64)]) {
+        if heads.is_empty() && latest.is_empty() {
             return;
         }
         if let Some(hub) = self.hub.get().and_then(Weak::upgrade) {
-            hub.on_heads(written.heads.iter().map(|(c, s)| (c.as_str(), *s)));
-            hub.on_latest(written.latest.iter().map(|(c, v)| (c.as_str(), *v)));
+            hub.on_heads(heads.iter().map(|(c, s)| (c.as_str(), *s)));
+            hub.on_latest(latest.iter().map(|(c, v)| (c.as_str(), *v)));
         }
-        let mut pending = self.lock();
-        for (channel, head) in &written.heads {
-            let slot = pending.heads.entry(channel.clone()).or_default();
-            *slot = (*slot).max(*head);
+        let mut guard = self.lock();
+        let pending = &mut *guard;
+        for (map, items) in [(&mut pending.heads, heads), (&mut pending.latest, latest)] {
+            for (channel, n) in items {
+                let slot = map.entry(channel.clone()).or_default();
+                *slot = (*slot).max(*n);
+            }
         }
-        for (channel, version) in &written.latest {
-            let slot = pending.latest.entry(channel.clone()).or_default();
-            *slot = (*slot).max(*version);
-        }
-        drop(pending);
+        drop(guard);
         self.flush.notify_one();
     }
 

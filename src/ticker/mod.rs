@@ -52,6 +52,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::broadcast::notify::Notifier;
+use crate::claim_loop::{self, Backoff, Step};
 use crate::game::{Registry, Tick};
 use crate::ids::MatchId;
 use crate::matches::{BatchWrites, LoadedMatch};
@@ -474,48 +475,20 @@ impl Ticker {
 
     /// Ticks until `stop`: straight on while matches were due, otherwise sleeping until the
     /// earliest `next_tick_at`, `wake` (a tick scheduled sooner, by NOTIFY or by this
-    /// process's workers) or the poll interval; backing off after database errors.
+    /// process's workers) or the poll interval; after a database error, backing off 50 ms
+    /// doubling to 3.2 s, so a ticker whose connection died is back within a few game
+    /// ticks ([`claim_loop`]).
     pub async fn run(self, wake: Arc<Notify>, stop: CancellationToken) {
-        let mut errors = 0u32;
-        loop {
-            if stop.is_cancelled() {
-                return;
-            }
-            // Armed before the claim, so a wake-up during an empty claim is not lost.
-            let notified = wake.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let pause = match self.run_once().await {
-                Ok(o) if o.claimed > 0 => {
-                    errors = 0;
-                    continue;
-                }
-                Ok(_) => self.idle_pause().await,
-                Err(e) => Err(e),
-            };
-            let pause = match pause {
-                Ok(p) => {
-                    errors = 0;
-                    p
-                }
-                Err(e) => {
-                    errors += 1;
-                    // 50 ms doubling to 3.2 s: a ticker whose connection died must be back
-                    // within a few game ticks, not seconds.
-                    let pause = Duration::from_millis(50 * 2u64.pow(errors.min(7) - 1));
-                    tracing::warn!(error = %e, ?pause, "ticker failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(pause) => {}
-                        _ = stop.cancelled() => return,
-                    }
-                    continue;
-                }
-            };
-            tokio::select! {
-                _ = notified => {}
-                _ = tokio::time::sleep(pause) => {}
-                _ = stop.cancelled() => return,
-            }
-        }
+        let backoff = Backoff {
+            first: Duration::from_millis(50),
+            max: Duration::from_millis(3200),
+        };
+        claim_loop::run("ticker", &wake, &stop, backoff, || async {
+            Ok(match self.run_once().await? {
+                o if o.claimed > 0 => Step::Worked,
+                _ => Step::Idle(self.idle_pause().await?),
+            })
+        })
+        .await;
     }
 }

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::broadcast::notify::Notifier;
+use crate::claim_loop::{self, Backoff, Step};
 use crate::game::{Input, Registry, PRESENCE_CONNECTED, PRESENCE_DISCONNECTED};
 use crate::ids::{ClientId, MatchId};
 use crate::matches::{matches_load, BatchWrites};
@@ -194,39 +195,19 @@ impl Worker {
     }
 
     /// Runs batches until `stop`: straight on while there is work, otherwise sleeping until
-    /// `wake` (NOTIFY or this process's own publishers) or the poll interval.
+    /// `wake` (NOTIFY or this process's own publishers) or the poll interval; after a
+    /// database error, backing off 200 ms doubling to 6.4 s ([`claim_loop`]).
     pub async fn run(self, wake: Arc<Notify>, stop: CancellationToken) {
-        let mut errors = 0u32;
-        loop {
-            if stop.is_cancelled() {
-                return;
-            }
-            let notified = wake.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            match self.run_once().await {
-                Ok(o) if o.claimed > 0 => {
-                    errors = 0;
-                    continue;
-                }
-                Ok(_) => {
-                    errors = 0;
-                    tokio::select! {
-                        _ = notified => {}
-                        _ = tokio::time::sleep(self.config.poll_interval) => {}
-                        _ = stop.cancelled() => return,
-                    }
-                }
-                Err(e) => {
-                    errors += 1;
-                    let pause = Duration::from_millis(100 * 2u64.pow(errors.min(6)));
-                    tracing::warn!(error = %e, ?pause, "worker batch failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(pause) => {}
-                        _ = stop.cancelled() => return,
-                    }
-                }
-            }
-        }
+        let backoff = Backoff {
+            first: Duration::from_millis(200),
+            max: Duration::from_millis(6400),
+        };
+        claim_loop::run("worker batch", &wake, &stop, backoff, || async {
+            Ok(match self.run_once().await? {
+                o if o.claimed > 0 => Step::Worked,
+                _ => Step::Idle(self.config.poll_interval),
+            })
+        })
+        .await;
     }
 }

@@ -3,7 +3,6 @@
 //! ticks never interleave with control messages, and tickers killed mid-run (their
 //! connections, or a whole process) lose nothing and double nothing.
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,7 @@ use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::concurrency::publish_interleaved;
-use crate::helpers::{kill_backends, test_config, TestApp};
+use crate::helpers::{kill_backends, role_process, test_config, TestApp};
 use clockgames::{InterleaveState, MetronomeState};
 
 #[path = "clockgames.rs"]
@@ -432,21 +431,6 @@ async fn tickers_whose_connections_die_mid_tick_lose_and_double_nothing(
     app.shutdown().await;
 }
 
-fn ticker_process(db_url: &str) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_postgame"))
-        .args(["serve", "--role", "ticker", "--database-url", db_url])
-        .env("POSTGAME_TICKERS", "2")
-        .env("POSTGAME_TICK_BATCH", "10")
-        .env("POSTGAME_DB_CONNECTIONS", "4")
-        .env("POSTGAME_POLL_SECONDS", "0.5")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the postgame binary starts")
-}
-
 #[sqlx::test]
 async fn a_ticker_process_killed_mid_run_loses_and_doubles_nothing(
     _p: PgPoolOptions,
@@ -457,7 +441,10 @@ async fn a_ticker_process_killed_mid_run_loses_and_doubles_nothing(
         c.roles = vec![Role::Gateway, Role::Worker]
     })
     .await;
-    let mut procs = vec![ticker_process(&app.db_url), ticker_process(&app.db_url)];
+    let mut procs = vec![
+        role_process(&app.db_url, "ticker"),
+        role_process(&app.db_url, "ticker"),
+    ];
     let (alice, bob) = (app.token("alice"), app.token("bob"));
     // Matches start one after the other, with turn timers of 1 to 3 s, so their forfeits
     // fall due over a few seconds.

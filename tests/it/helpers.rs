@@ -407,3 +407,25 @@ pub async fn kill_backends(pool: PgPool, app_name: &'static str) -> i64 {
     }
     kills
 }
+
+/// A `postgame serve --role <role>` process of this build on `db_url`: two tasks of the
+/// role, batches of 10, a 0.5 s poll, killed when dropped.
+pub fn role_process(db_url: &str, role: &str) -> tokio::process::Child {
+    let (tasks, batch) = match role {
+        "worker" => ("POSTGAME_WORKERS", "POSTGAME_BATCH_SIZE"),
+        "ticker" => ("POSTGAME_TICKERS", "POSTGAME_TICK_BATCH"),
+        other => panic!("no role process for {other}"),
+    };
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_postgame"))
+        .args(["serve", "--role", role, "--database-url", db_url])
+        .env(tasks, "2")
+        .env(batch, "10")
+        .env("POSTGAME_DB_CONNECTIONS", "4")
+        .env("POSTGAME_POLL_SECONDS", "0.5")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the postgame binary starts")
+}

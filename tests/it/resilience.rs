@@ -1,14 +1,12 @@
 //! Failures: workers killed mid-batch (connections dropped, processes killed), handlers
 //! that panic. Nothing acknowledged is lost or applied twice.
 
-use std::process::Stdio;
-
 use postgame::config::Role;
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::concurrency::{check_all, flood};
-use crate::helpers::{kill_backends, test_config, TestApp};
+use crate::helpers::{kill_backends, role_process, test_config, TestApp};
 use crate::ledger;
 
 #[sqlx::test]
@@ -40,21 +38,6 @@ async fn workers_whose_connections_die_mid_batch_lose_and_duplicate_nothing(
     app.shutdown().await;
 }
 
-fn worker_process(db_url: &str) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_postgame"))
-        .args(["serve", "--role", "worker", "--database-url", db_url])
-        .env("POSTGAME_WORKERS", "2")
-        .env("POSTGAME_BATCH_SIZE", "10")
-        .env("POSTGAME_DB_CONNECTIONS", "4")
-        .env("POSTGAME_POLL_SECONDS", "0.5")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the postgame binary starts")
-}
-
 #[sqlx::test]
 async fn separate_worker_processes_share_the_queue_and_survive_a_kill(
     _p: PgPoolOptions,
@@ -81,7 +64,10 @@ async fn separate_worker_processes_share_the_queue_and_survive_a_kill(
         (1, "move", json!({"cell": 4})),
         (0, "move", json!({"cell": 2})),
     ];
-    let mut procs = vec![worker_process(&app.db_url), worker_process(&app.db_url)];
+    let mut procs = vec![
+        role_process(&app.db_url, "worker"),
+        role_process(&app.db_url, "worker"),
+    ];
     let mut sent = 0u64;
     for (who, name, data) in &script {
         for id in &ids {
@@ -107,7 +93,7 @@ async fn separate_worker_processes_share_the_queue_and_survive_a_kill(
     app.wait_until("SELECT (SELECT count(*) FROM postgame.control) < 1300")
         .await;
     procs[0].kill().await.unwrap();
-    procs.push(worker_process(&app.db_url));
+    procs.push(role_process(&app.db_url, "worker"));
     app.wait_until("SELECT NOT EXISTS (SELECT 1 FROM postgame.control)")
         .await;
     let rows: Vec<(String, i64, Value)> =

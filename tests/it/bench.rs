@@ -3,15 +3,12 @@
 
 use postgame::bench;
 use postgame::config::{E2eArgs, FanoutArgs, QueueArgs};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::helpers::database_url;
+use crate::helpers::{database_url, TestDb};
 
-#[sqlx::test]
-async fn a_tiny_e2e_run_plays_moves_and_reports_latencies(
-    _p: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn a_tiny_e2e_run_plays_moves_and_reports_latencies() {
+    let (_db, opts) = TestDb::new().await;
     let args = E2eArgs {
         players: 4,
         rate: None,
@@ -45,11 +42,9 @@ fn assert_sane(l: &bench::Latency) {
     );
 }
 
-#[sqlx::test]
-async fn a_tiny_queue_run_applies_every_message_once_and_reports_both_enqueue_rates(
-    _p: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn a_tiny_queue_run_applies_every_message_once_and_reports_both_enqueue_rates() {
+    let (_db, opts) = TestDb::new().await;
     let args = QueueArgs {
         messages: 300,
         matches: 7,
@@ -120,11 +115,9 @@ fn json_u64(v: &serde_json::Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("{key} missing from {v}"))
 }
 
-#[sqlx::test]
-async fn a_tiny_fanout_run_delivers_every_message_through_listen_to_every_subscriber(
-    _p: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn a_tiny_fanout_run_delivers_every_message_through_listen_to_every_subscriber() {
+    let (_db, opts) = TestDb::new().await;
     let report = bench::fanout::run(&database_url(&opts), &tiny_fanout(), false)
         .await
         .unwrap();
@@ -135,11 +128,9 @@ async fn a_tiny_fanout_run_delivers_every_message_through_listen_to_every_subscr
     );
 }
 
-#[sqlx::test]
-async fn a_tiny_fanout_baseline_run_delivers_every_message_without_a_database(
-    _p: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn a_tiny_fanout_baseline_run_delivers_every_message_without_a_database() {
+    let (_db, opts) = TestDb::new().await;
     let args = FanoutArgs {
         baseline: true,
         ..tiny_fanout()

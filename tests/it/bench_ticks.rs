@@ -3,9 +3,9 @@
 
 use postgame::bench;
 use postgame::config::TicksArgs;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 
-use crate::helpers::database_url;
+use crate::helpers::{database_url, TestDb};
 
 async fn tiny_run(opts: PgConnectOptions, game: &str, hz: f64) -> bench::Report {
     let args = TicksArgs {
@@ -43,26 +43,23 @@ async fn tiny_run(opts: PgConnectOptions, game: &str, hz: f64) -> bench::Report 
     report
 }
 
-#[sqlx::test]
-async fn a_tiny_ticks_run_of_pong_ticks_every_match_and_measures_the_baseline(
-    _p: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn a_tiny_ticks_run_of_pong_ticks_every_match_and_measures_the_baseline() {
+    let (_db, opts) = TestDb::new().await;
     let report = tiny_run(opts, "pong", 20.0).await;
     // Every match stays in play (a match to 21 with idle paddles lasts minutes).
     assert_eq!(report.params["matches_ended"], 0, "{report:?}");
 }
 
-#[sqlx::test]
-async fn a_tiny_ticks_run_of_noop_ticks_at_the_requested_rate(
-    _p: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn a_tiny_ticks_run_of_noop_ticks_at_the_requested_rate() {
+    let (_db, opts) = TestDb::new().await;
     tiny_run(opts, "noop", 10.0).await;
 }
 
-#[sqlx::test]
-async fn a_ticks_run_refuses_pong_at_another_rate(_p: PgPoolOptions, opts: PgConnectOptions) {
+#[tokio::test]
+async fn a_ticks_run_refuses_pong_at_another_rate() {
+    let (_db, opts) = TestDb::new().await;
     let args = TicksArgs {
         matches: 1,
         hz: 30.0,

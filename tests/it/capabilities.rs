@@ -1,15 +1,12 @@
 //! Authentication and capabilities.
 
 use serde_json::{json, Value};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::helpers::{Closed, TestApp};
+use crate::helpers::{Closed, TestApp, TestDb};
 
-#[sqlx::test]
-async fn a_bad_token_is_refused_with_unauthorized_and_4001(
-    _p: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn a_bad_token_is_refused_with_unauthorized_and_4001() {
+    let (_db, opts) = TestDb::new().await;
     let app = TestApp::spawn(opts).await;
     let forged = postgame::gateway::auth::Auth::new("not-the-secret")
         .issue("mallory", None, None, chrono::Duration::hours(1))
@@ -37,11 +34,9 @@ async fn a_bad_token_is_refused_with_unauthorized_and_4001(
     app.shutdown().await;
 }
 
-#[sqlx::test]
-async fn subscribing_to_control_or_someone_elses_user_channel_is_forbidden(
-    _p: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn subscribing_to_control_or_someone_elses_user_channel_is_forbidden() {
+    let (_db, opts) = TestDb::new().await;
     let app = TestApp::spawn(opts).await;
     let id = app
         .create_match(&app.token("alice"), "tictactoe", json!({}))
@@ -91,11 +86,9 @@ async fn subscribing_to_control_or_someone_elses_user_channel_is_forbidden(
     app.shutdown().await;
 }
 
-#[sqlx::test]
-async fn guests_get_a_fresh_identity_and_can_be_turned_off(
-    _p: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn guests_get_a_fresh_identity_and_can_be_turned_off() {
+    let (_db, opts) = TestDb::new().await;
     let app = TestApp::spawn(opts).await;
     let r = app
         .http
@@ -114,8 +107,9 @@ async fn guests_get_a_fresh_identity_and_can_be_turned_off(
     app.shutdown().await;
 }
 
-#[sqlx::test]
-async fn guest_tokens_are_refused_when_guests_are_off(_p: PgPoolOptions, opts: PgConnectOptions) {
+#[tokio::test]
+async fn guest_tokens_are_refused_when_guests_are_off() {
+    let (_db, opts) = TestDb::new().await;
     let app = TestApp::spawn_with(opts, postgame::game::Registry::builtin(), |c| {
         c.no_guests = true
     })

@@ -11,10 +11,9 @@ use postgame::broadcast::notify::Notifier;
 use postgame::config::Role;
 use postgame::ticker::{Ticker, TickerConfig};
 use serde_json::{json, Value};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::concurrency::publish_interleaved;
-use crate::helpers::{kill_backends, role_process, test_config, TestApp};
+use crate::helpers::{kill_backends, role_process, test_config, TestApp, TestDb};
 use clockgames::{InterleaveState, MetronomeState};
 
 #[path = "clockgames.rs"]
@@ -59,11 +58,9 @@ async fn lobby_announcements(app: &TestApp, id: &str, status: &str) -> i64 {
     .unwrap()
 }
 
-#[sqlx::test]
-async fn the_turn_timer_forfeits_a_match_with_no_client_connected(
-    _p: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn the_turn_timer_forfeits_a_match_with_no_client_connected() {
+    let (_db, opts) = TestDb::new().await;
     let app = TestApp::spawn(opts).await;
     let (alice, bob) = (app.token("alice"), app.token("bob"));
     let id = app
@@ -124,11 +121,9 @@ async fn connected_match(
     (id, x, o)
 }
 
-#[sqlx::test]
-async fn a_player_who_reconnects_within_the_grace_plays_on(
-    _p: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn a_player_who_reconnects_within_the_grace_plays_on() {
+    let (_db, opts) = TestDb::new().await;
     let app = TestApp::spawn(opts).await;
     let (id, mut x, mut o) =
         connected_match(&app, json!({"turn_seconds": 4, "reconnect_seconds": 2})).await;
@@ -149,11 +144,9 @@ async fn a_player_who_reconnects_within_the_grace_plays_on(
     app.shutdown().await;
 }
 
-#[sqlx::test]
-async fn a_player_who_does_not_return_within_the_grace_forfeits(
-    _p: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn a_player_who_does_not_return_within_the_grace_forfeits() {
+    let (_db, opts) = TestDb::new().await;
     let app = TestApp::spawn(opts).await;
     let (id, mut x, mut o) =
         connected_match(&app, json!({"turn_seconds": 60, "reconnect_seconds": 1})).await;
@@ -273,11 +266,9 @@ fn summary((mut lateness, worst, backlog): (Vec<f64>, f64, f64)) -> String {
     )
 }
 
-#[sqlx::test]
-async fn four_tickers_number_every_tick_of_300_matches_once_and_in_order(
-    _p: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn four_tickers_number_every_tick_of_300_matches_once_and_in_order() {
+    let (_db, opts) = TestDb::new().await;
     let app = TestApp::spawn_with(opts, clockgames::games(), |c| {
         c.tickers = 4;
         c.tick_batch = 50;
@@ -316,11 +307,9 @@ async fn four_tickers_number_every_tick_of_300_matches_once_and_in_order(
     app.shutdown().await;
 }
 
-#[sqlx::test]
-async fn a_tick_and_a_control_message_of_one_match_never_interleave(
-    _p: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn a_tick_and_a_control_message_of_one_match_never_interleave() {
+    let (_db, opts) = TestDb::new().await;
     const MATCHES: usize = 10;
     const PER_CLIENT: i64 = 100;
     let app = TestApp::spawn_with(opts, clockgames::games(), |c| {
@@ -392,11 +381,9 @@ async fn a_tick_and_a_control_message_of_one_match_never_interleave(
     app.shutdown().await;
 }
 
-#[sqlx::test]
-async fn tickers_whose_connections_die_mid_tick_lose_and_double_nothing(
-    _p: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn tickers_whose_connections_die_mid_tick_lose_and_double_nothing() {
+    let (_db, opts) = TestDb::new().await;
     // A gateway and workers without tickers, and a separate ticker "process" whose
     // connections are killed again and again mid-tick.
     let app = TestApp::spawn_with(opts, clockgames::games(), |c| {
@@ -431,11 +418,9 @@ async fn tickers_whose_connections_die_mid_tick_lose_and_double_nothing(
     app.shutdown().await;
 }
 
-#[sqlx::test]
-async fn a_ticker_process_killed_mid_run_loses_and_doubles_nothing(
-    _p: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn a_ticker_process_killed_mid_run_loses_and_doubles_nothing() {
+    let (_db, opts) = TestDb::new().await;
     const MATCHES: usize = 120;
     let app = TestApp::spawn_with(opts, postgame::game::Registry::builtin(), |c| {
         c.roles = vec![Role::Gateway, Role::Worker]
@@ -512,11 +497,9 @@ async fn a_ticker_process_killed_mid_run_loses_and_doubles_nothing(
     app.shutdown().await;
 }
 
-#[sqlx::test]
-async fn a_failing_tick_backs_off_then_stops_its_clock_and_others_tick_on(
-    _p: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn a_failing_tick_backs_off_then_stops_its_clock_and_others_tick_on() {
+    let (_db, opts) = TestDb::new().await;
     // No ticker in the server: the test drives one, step by step.
     let app = TestApp::spawn_with(opts, clockgames::games(), |c| {
         c.roles = vec![Role::Gateway, Role::Worker]
@@ -668,11 +651,9 @@ fn frames<'a>(all: &'a [Value], op: &str) -> Vec<&'a Value> {
     all.iter().filter(|f| f["op"] == op).collect()
 }
 
-#[sqlx::test]
-async fn a_bot_pair_plays_pong_over_websockets_and_sees_the_state_of_every_tick(
-    _p: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn a_bot_pair_plays_pong_over_websockets_and_sees_the_state_of_every_tick() {
+    let (_db, opts) = TestDb::new().await;
     let app = TestApp::spawn(opts).await;
     let id = app
         .create_match(&app.token("alice"), "pong", json!({"points_to_win": 2}))
@@ -774,11 +755,9 @@ async fn a_bot_pair_plays_pong_over_websockets_and_sees_the_state_of_every_tick(
 /// A late subscriber gets the match's current latest state right after `subscribed`, and
 /// one that comes back after the match ended converges on the final state; the log holds
 /// only the states worth replaying, not one per tick.
-#[sqlx::test]
-async fn latest_values_reach_late_subscribers_and_stay_out_of_the_log(
-    _p: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn latest_values_reach_late_subscribers_and_stay_out_of_the_log() {
+    let (_db, opts) = TestDb::new().await;
     let app = TestApp::spawn(opts).await;
     let alice = app.token("alice");
     let id = app
@@ -873,11 +852,9 @@ async fn abandoned_match(app: &TestApp) -> String {
     id
 }
 
-#[sqlx::test]
-async fn ended_matches_are_pruned_after_the_retention_and_live_or_recent_ones_are_kept(
-    _p: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn ended_matches_are_pruned_after_the_retention_and_live_or_recent_ones_are_kept() {
+    let (_db, opts) = TestDb::new().await;
     let app = TestApp::spawn(opts).await;
     let (alice, bob) = (app.token("alice"), app.token("bob"));
     // An old ended match (its end moved an hour back) and a recent one.
@@ -950,11 +927,9 @@ async fn ended_matches_are_pruned_after_the_retention_and_live_or_recent_ones_ar
 /// A process that runs only tickers serves `/metrics` on `--metrics-listen`, with the
 /// clock's metrics: ticks, lateness, batch sizes and the matches-due gauge, which counts
 /// exactly the matches whose `next_tick_at` has passed.
-#[sqlx::test]
-async fn a_ticker_process_serves_its_metrics_and_counts_the_matches_due(
-    _p: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn a_ticker_process_serves_its_metrics_and_counts_the_matches_due() {
+    let (_db, opts) = TestDb::new().await;
     let db_url = crate::helpers::database_url(&opts);
     let pool = sqlx::PgPool::connect(&db_url).await.unwrap();
     postgame::store::migrate(&pool).await.unwrap();

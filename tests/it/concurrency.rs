@@ -1,9 +1,8 @@
 //! Many workers over many matches: per-match order, no loss, no duplicate.
 
 use serde_json::{json, Value};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::helpers::{Client, TestApp};
+use crate::helpers::{Client, TestApp, TestDb};
 use crate::ledger;
 
 pub const MATCHES: usize = 200;
@@ -65,11 +64,9 @@ pub async fn check_all(app: &TestApp, ids: &[String], clients: &[String]) {
     assert_eq!(dead, 0);
 }
 
-#[sqlx::test]
-async fn several_workers_apply_every_match_in_order_exactly_once(
-    _p: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn several_workers_apply_every_match_in_order_exactly_once() {
+    let (_db, opts) = TestDb::new().await;
     let app = TestApp::spawn_with(opts, ledger::games(), |c| {
         c.workers = 4;
         c.batch_size = 16;
@@ -85,11 +82,9 @@ async fn several_workers_apply_every_match_in_order_exactly_once(
     app.shutdown().await;
 }
 
-#[sqlx::test]
-async fn broadcasts_reach_subscribers_in_seq_order_under_load(
-    _p: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn broadcasts_reach_subscribers_in_seq_order_under_load() {
+    let (_db, opts) = TestDb::new().await;
     let app = TestApp::spawn_with(opts, ledger::games(), |c| c.workers = 3).await;
     let token = app.token("p0");
     let id = app.create_match(&token, "ledger", json!({})).await;

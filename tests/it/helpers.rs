@@ -1,8 +1,9 @@
-//! The test harness: a fresh database per test (from `#[sqlx::test]`), the real server on
+//! The test harness: a fresh database per test ([`TestDb`]), the real server on
 //! port 0, real WebSocket clients, and typed helpers.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -10,8 +11,8 @@ use postgame::config::ServeConfig;
 use postgame::game::Registry;
 use postgame::gateway::auth::Auth;
 use serde_json::{json, Value};
-use sqlx::postgres::PgConnectOptions;
-use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{Connection, PgPool};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
@@ -22,14 +23,144 @@ pub const WAIT: Duration = Duration::from_secs(15);
 
 /// The URL of the per-test database (same server as DATABASE_URL).
 pub fn database_url(opts: &PgConnectOptions) -> String {
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set (see .cargo/config.toml)");
+    let base = base_url();
     let (server, _) = base
         .rsplit_once('/')
         .expect("DATABASE_URL names a database");
     format!(
         "{server}/{}",
-        opts.get_database().expect("sqlx::test names a database")
+        opts.get_database().expect("a test database is named")
     )
+}
+
+fn base_url() -> String {
+    std::env::var("DATABASE_URL").expect("DATABASE_URL is set (see .cargo/config.toml)")
+}
+
+/// A fresh, empty database for one test, on the server of `DATABASE_URL`, dropped when
+/// this value is dropped (keep it bound for the whole test: `let (_db, opts) = …`).
+///
+/// The database named by `DATABASE_URL` is created first when it does not exist yet
+/// (from the server's `postgres` maintenance database), so the suite runs on a server
+/// where nothing was prepared. Test databases are named `<that name>_t<pid>_<n>`; the
+/// first test of a run drops those left behind by earlier runs whose process is gone.
+/// `POSTGAME_KEEP_TEST_DBS=1` keeps them, to look at a failed test's tables.
+pub struct TestDb {
+    name: String,
+    base: PgConnectOptions,
+}
+
+impl TestDb {
+    pub async fn new() -> (TestDb, PgConnectOptions) {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let base: PgConnectOptions = base_url().parse().expect("DATABASE_URL parses");
+        let mut conn = master_connect(&base).await;
+        sweep_once(&mut conn, &base).await;
+        let name = format!(
+            "{}{}_{}",
+            test_db_prefix(&base),
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("cannot create the test database {name}: {e}"));
+        let _ = conn.close().await;
+        let opts = base.clone().database(&name);
+        (TestDb { name, base }, opts)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if std::env::var_os("POSTGAME_KEEP_TEST_DBS").is_some() {
+            return;
+        }
+        let (name, base) = (self.name.clone(), self.base.clone());
+        // Drop runs inside the test's runtime, which cannot block on its own futures:
+        // the DROP runs on a runtime of its own, on a thread of its own. FORCE ends the
+        // connections a test left open (a server that was not shut down).
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mut conn = master_connect(&base).await;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await
+            })
+        })
+        .join();
+        if let Ok(Err(e)) = dropped {
+            eprintln!("could not drop test database {}: {e}", self.name);
+        }
+    }
+}
+
+/// `<DATABASE_URL's database>_t`, cut so that the test databases' names fit in
+/// PostgreSQL's 63 bytes.
+fn test_db_prefix(base: &PgConnectOptions) -> String {
+    let db = base.get_database().unwrap_or("postgres");
+    let cut: String = db.chars().take(40).collect();
+    format!("{cut}_t")
+}
+
+/// A connection to the database of `DATABASE_URL`, which is created when it is missing.
+async fn master_connect(base: &PgConnectOptions) -> PgConnection {
+    match PgConnection::connect_with(base).await {
+        Ok(c) => return c,
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {}
+        Err(e) => panic!("cannot reach PostgreSQL at DATABASE_URL: {e}"),
+    }
+    let db = base.get_database().expect("DATABASE_URL names a database");
+    let mut maint = PgConnection::connect_with(&base.clone().database("postgres"))
+        .await
+        .expect("the maintenance database `postgres` is reachable");
+    match sqlx::query(&format!("CREATE DATABASE \"{db}\""))
+        .execute(&mut maint)
+        .await
+    {
+        Ok(_) => {}
+        // Another test of this run created it meanwhile (duplicate_database, or the
+        // catalog's unique index when both commit at once).
+        Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42P04" | "23505")) => {
+        }
+        Err(e) => panic!("cannot create the database {db}: {e}"),
+    }
+    let _ = maint.close().await;
+    PgConnection::connect_with(base)
+        .await
+        .expect("the database of DATABASE_URL was just created")
+}
+
+/// Once per test process: drops the test databases of earlier runs whose process is gone
+/// (a run that was killed before its tests could drop them).
+async fn sweep_once(conn: &mut PgConnection, base: &PgConnectOptions) {
+    static SWEPT: AtomicBool = AtomicBool::new(false);
+    if SWEPT.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    let prefix = test_db_prefix(base);
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE starts_with(datname, $1)")
+            .bind(&prefix)
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap_or_default();
+    for name in names {
+        let pid = name[prefix.len()..].split('_').next().unwrap_or("");
+        let alive = pid.parse::<u32>().is_ok_and(|pid| {
+            pid == std::process::id() || std::path::Path::new(&format!("/proc/{pid}")).exists()
+        });
+        if !alive {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .execute(&mut *conn)
+                .await;
+        }
+    }
 }
 
 /// A server configuration suited to tests: small pools, fast polls.

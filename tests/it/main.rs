@@ -1,4 +1,4 @@
-//! The one integration-test binary: every test gets a fresh database (`#[sqlx::test]`),
+//! The one integration-test binary: every test gets a fresh database (`helpers::TestDb`),
 //! the real server on port 0, and real WebSocket clients.
 
 #![allow(clippy::unwrap_used)]

@@ -3,17 +3,14 @@
 
 use postgame::config::Role;
 use serde_json::{json, Value};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::concurrency::{check_all, flood};
-use crate::helpers::{kill_backends, role_process, test_config, TestApp};
+use crate::helpers::{kill_backends, role_process, test_config, TestApp, TestDb};
 use crate::ledger;
 
-#[sqlx::test]
-async fn workers_whose_connections_die_mid_batch_lose_and_duplicate_nothing(
-    _p: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn workers_whose_connections_die_mid_batch_lose_and_duplicate_nothing() {
+    let (_db, opts) = TestDb::new().await;
     // A gateway without workers takes every publish first…
     let app = TestApp::spawn_with(opts, ledger::games(), |c| c.roles = vec![Role::Gateway]).await;
     let names: Vec<String> = (0..3).map(|i| format!("p{i}")).collect();
@@ -38,11 +35,9 @@ async fn workers_whose_connections_die_mid_batch_lose_and_duplicate_nothing(
     app.shutdown().await;
 }
 
-#[sqlx::test]
-async fn separate_worker_processes_share_the_queue_and_survive_a_kill(
-    _p: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn separate_worker_processes_share_the_queue_and_survive_a_kill() {
+    let (_db, opts) = TestDb::new().await;
     let app = TestApp::spawn_with(opts, postgame::game::Registry::builtin(), |c| {
         c.roles = vec![Role::Gateway]
     })
@@ -122,11 +117,9 @@ async fn separate_worker_processes_share_the_queue_and_survive_a_kill(
     app.shutdown().await;
 }
 
-#[sqlx::test]
-async fn a_panicking_handler_is_retried_then_dead_lettered_and_the_match_goes_on(
-    _p: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn a_panicking_handler_is_retried_then_dead_lettered_and_the_match_goes_on() {
+    let (_db, opts) = TestDb::new().await;
     let app = TestApp::spawn_with(opts, ledger::games(), |c| c.max_attempts = 2).await;
     let token = app.token("p0");
     let bad = app.create_match(&token, "ledger", json!({})).await;

@@ -1,15 +1,12 @@
 //! Resume by seq, history and idempotent publishes.
 
 use serde_json::{json, Value};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::helpers::{play, TestApp};
+use crate::helpers::{play, TestApp, TestDb};
 
-#[sqlx::test]
-async fn a_client_that_resumes_with_since_gets_exactly_what_it_missed(
-    _p: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn a_client_that_resumes_with_since_gets_exactly_what_it_missed() {
+    let (_db, opts) = TestDb::new().await;
     let app = TestApp::spawn(opts).await;
     let admin = app.admin_token();
     let channel = "news";
@@ -50,11 +47,9 @@ async fn a_client_that_resumes_with_since_gets_exactly_what_it_missed(
     app.shutdown().await;
 }
 
-#[sqlx::test]
-async fn resuming_a_match_mid_game_replays_the_missed_states(
-    _p: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn resuming_a_match_mid_game_replays_the_missed_states() {
+    let (_db, opts) = TestDb::new().await;
     let app = TestApp::spawn(opts).await;
     let id = app
         .create_match(&app.token("alice"), "tictactoe", json!({}))
@@ -88,11 +83,9 @@ async fn resuming_a_match_mid_game_replays_the_missed_states(
     app.shutdown().await;
 }
 
-#[sqlx::test]
-async fn history_serves_the_log_oldest_first_with_since_and_limit(
-    _p: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn history_serves_the_log_oldest_first_with_since_and_limit() {
+    let (_db, opts) = TestDb::new().await;
     let app = TestApp::spawn(opts).await;
     let admin = app.admin_token();
     for i in 1..=12 {
@@ -128,11 +121,9 @@ async fn history_serves_the_log_oldest_first_with_since_and_limit(
     app.shutdown().await;
 }
 
-#[sqlx::test]
-async fn a_repeated_key_returns_the_first_msg_id_and_is_not_processed_again(
-    _p: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn a_repeated_key_returns_the_first_msg_id_and_is_not_processed_again() {
+    let (_db, opts) = TestDb::new().await;
     let app = TestApp::spawn(opts).await;
     let id = app
         .create_match(&app.token("alice"), "tictactoe", json!({}))

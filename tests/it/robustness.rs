@@ -1,15 +1,12 @@
 //! Bad input gets a clear error for that client only; the connection and the server go on.
 
 use serde_json::{json, Value};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::helpers::{Closed, TestApp};
+use crate::helpers::{Closed, TestApp, TestDb};
 
-#[sqlx::test]
-async fn malformed_frames_get_errors_and_the_connection_carries_on(
-    _p: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn malformed_frames_get_errors_and_the_connection_carries_on() {
+    let (_db, opts) = TestDb::new().await;
     let app = TestApp::spawn(opts).await;
     let id = app
         .create_match(&app.token("alice"), "tictactoe", json!({}))
@@ -55,8 +52,9 @@ async fn malformed_frames_get_errors_and_the_connection_carries_on(
     app.shutdown().await;
 }
 
-#[sqlx::test]
-async fn too_many_violations_close_with_4000(_p: PgPoolOptions, opts: PgConnectOptions) {
+#[tokio::test]
+async fn too_many_violations_close_with_4000() {
+    let (_db, opts) = TestDb::new().await;
     let app = TestApp::spawn(opts).await;
     let mut c = app.ws(&app.token("alice")).await;
     for _ in 0..11 {
@@ -68,11 +66,9 @@ async fn too_many_violations_close_with_4000(_p: PgPoolOptions, opts: PgConnectO
     app.shutdown().await;
 }
 
-#[sqlx::test]
-async fn an_oversized_frame_closes_only_that_connection_with_1009(
-    _p: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn an_oversized_frame_closes_only_that_connection_with_1009() {
+    let (_db, opts) = TestDb::new().await;
     let app = TestApp::spawn_with(opts, postgame::game::Registry::builtin(), |c| {
         c.max_frame_bytes = 4096
     })
@@ -117,8 +113,9 @@ async fn an_oversized_frame_closes_only_that_connection_with_1009(
     app.shutdown().await;
 }
 
-#[sqlx::test]
-async fn bad_http_bodies_get_json_errors(_p: PgPoolOptions, opts: PgConnectOptions) {
+#[tokio::test]
+async fn bad_http_bodies_get_json_errors() {
+    let (_db, opts) = TestDb::new().await;
     let app = TestApp::spawn(opts).await;
     let token = app.token("alice");
     for (body, status) in [
@@ -184,8 +181,9 @@ async fn bad_http_bodies_get_json_errors(_p: PgPoolOptions, opts: PgConnectOptio
     app.shutdown().await;
 }
 
-#[sqlx::test]
-async fn a_silent_peer_is_closed_with_4008(_p: PgPoolOptions, opts: PgConnectOptions) {
+#[tokio::test]
+async fn a_silent_peer_is_closed_with_4008() {
+    let (_db, opts) = TestDb::new().await;
     let app = TestApp::spawn_with(opts, postgame::game::Registry::builtin(), |c| {
         c.heartbeat_seconds = 1
     })
@@ -197,11 +195,9 @@ async fn a_silent_peer_is_closed_with_4008(_p: PgPoolOptions, opts: PgConnectOpt
     app.shutdown().await;
 }
 
-#[sqlx::test]
-async fn a_subscriber_that_falls_behind_is_cut_off_and_resumes_without_loss(
-    _p: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn a_subscriber_that_falls_behind_is_cut_off_and_resumes_without_loss() {
+    let (_db, opts) = TestDb::new().await;
     let app = TestApp::spawn_with(opts, postgame::game::Registry::builtin(), |c| {
         c.outbox_frames = 8
     })

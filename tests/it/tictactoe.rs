@@ -1,9 +1,9 @@
 //! Tic Tac Toe end to end, over real sockets.
 
 use serde_json::{json, Value};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 
-use crate::helpers::{play, Client, TestApp};
+use crate::helpers::{play, Client, TestApp, TestDb};
 
 struct Table {
     app: TestApp,
@@ -68,11 +68,9 @@ fn assert_consecutive(messages: &[Value]) {
     }
 }
 
-#[sqlx::test]
-async fn a_full_game_ends_in_a_win_and_the_spectator_sees_every_state_in_order(
-    _p: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn a_full_game_ends_in_a_win_and_the_spectator_sees_every_state_in_order() {
+    let (_db, opts) = TestDb::new().await;
     let Table {
         app,
         id,
@@ -119,8 +117,9 @@ async fn a_full_game_ends_in_a_win_and_the_spectator_sees_every_state_in_order(
     app.shutdown().await;
 }
 
-#[sqlx::test]
-async fn a_full_game_can_end_in_a_draw(_p: PgPoolOptions, opts: PgConnectOptions) {
+#[tokio::test]
+async fn a_full_game_can_end_in_a_draw() {
+    let (_db, opts) = TestDb::new().await;
     let Table {
         app,
         id,
@@ -165,11 +164,9 @@ async fn rejection(c: &mut Client, id: &str, name: &str, data: Value) -> Value {
     r["data"]["reason"].clone()
 }
 
-#[sqlx::test]
-async fn every_invalid_move_is_rejected_privately_and_changes_nothing(
-    _p: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn every_invalid_move_is_rejected_privately_and_changes_nothing() {
+    let (_db, opts) = TestDb::new().await;
     let Table {
         app,
         id,
@@ -227,8 +224,9 @@ async fn every_invalid_move_is_rejected_privately_and_changes_nothing(
     app.shutdown().await;
 }
 
-#[sqlx::test]
-async fn chat_reaches_everyone_in_the_match(_p: PgPoolOptions, opts: PgConnectOptions) {
+#[tokio::test]
+async fn chat_reaches_everyone_in_the_match() {
+    let (_db, opts) = TestDb::new().await;
     let Table {
         app,
         id,
@@ -247,11 +245,9 @@ async fn chat_reaches_everyone_in_the_match(_p: PgPoolOptions, opts: PgConnectOp
     app.shutdown().await;
 }
 
-#[sqlx::test]
-async fn players_connection_state_follows_their_subscriptions(
-    _p: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn players_connection_state_follows_their_subscriptions() {
+    let (_db, opts) = TestDb::new().await;
     let Table {
         app,
         id,
@@ -276,8 +272,9 @@ async fn players_connection_state_follows_their_subscriptions(
     app.shutdown().await;
 }
 
-#[sqlx::test]
-async fn both_players_asking_for_a_rematch_swap_sides(_p: PgPoolOptions, opts: PgConnectOptions) {
+#[tokio::test]
+async fn both_players_asking_for_a_rematch_swap_sides() {
+    let (_db, opts) = TestDb::new().await;
     let Table {
         app,
         id,
@@ -312,8 +309,9 @@ async fn both_players_asking_for_a_rematch_swap_sides(_p: PgPoolOptions, opts: P
     app.shutdown().await;
 }
 
-#[sqlx::test]
-async fn the_lobby_hears_of_every_match_status(_p: PgPoolOptions, opts: PgConnectOptions) {
+#[tokio::test]
+async fn the_lobby_hears_of_every_match_status() {
+    let (_db, opts) = TestDb::new().await;
     let app = TestApp::spawn(opts).await;
     let mut watcher = app.ws(&app.token("lurker")).await;
     assert_eq!(watcher.subscribe("lobby", None).await["op"], "subscribed");

@@ -21,4 +21,6 @@ USER postgame
 EXPOSE 8080
 ENTRYPOINT ["postgame"]
 # The default listen address is 127.0.0.1, which is unreachable from outside a container.
+# On 0.0.0.0 postgame refuses to start unless POSTGAME_SECRET is set to at least 32 bytes
+# (never the development secret): there is deliberately no default secret in this image.
 CMD ["serve", "--listen", "0.0.0.0:8080"]

@@ -290,6 +290,11 @@ pub struct ServeConfig {
     #[arg(long, env = "POSTGAME_OUTBOX_FRAMES", default_value_t = 1024)]
     pub outbox_frames: usize,
 
+    /// Seconds a write to a client may take (a WebSocket flush, an HTTP response) before
+    /// the connection is dropped and its socket released: a client that stops reading.
+    #[arg(long, env = "POSTGAME_WRITE_TIMEOUT_SECONDS", default_value_t = 10.0)]
+    pub write_timeout_seconds: f64,
+
     /// Refuse guest tokens (`POST /v1/tokens`).
     #[arg(long, env = "POSTGAME_NO_GUESTS")]
     pub no_guests: bool,
@@ -346,6 +351,10 @@ impl ServeConfig {
 
     pub fn match_retention(&self) -> Duration {
         Duration::from_secs_f64(self.match_retention_hours.max(0.0) * 3600.0)
+    }
+
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.write_timeout_seconds.clamp(0.05, 86_400.0))
     }
 
     pub fn heartbeat(&self) -> Duration {

@@ -93,6 +93,41 @@ impl Server {
     }
 }
 
+/// Shortest secret accepted on a non-loopback address, in bytes (HS256 wants 256 bits).
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Refuses to serve beyond loopback with the public development secret or a short one:
+/// anyone could forge tokens. On loopback it only warns.
+pub fn secret_check(secret: &str, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+    let problem = if secret == DEV_SECRET {
+        Some(
+            "POSTGAME_SECRET is not set: tokens would be signed with the public development secret",
+        )
+    } else if secret.len() < MIN_SECRET_BYTES {
+        Some("POSTGAME_SECRET is shorter than 32 bytes")
+    } else {
+        None
+    };
+    let Some(problem) = problem else {
+        return Ok(());
+    };
+    match listen {
+        Some(at) if !at.ip().is_loopback() => anyhow::bail!(
+            "refusing to listen on {at}: {problem}, so anyone could forge tokens. Set \
+             POSTGAME_SECRET (or --secret) to at least {MIN_SECRET_BYTES} random bytes, e.g. \
+             `openssl rand -hex 32`, or listen on a loopback address (127.0.0.1) for development"
+        ),
+        _ => {
+            tracing::warn!(
+                "!!! {problem}. Anyone can forge tokens. This is only allowed on loopback; \
+                 set POSTGAME_SECRET (at least {MIN_SECRET_BYTES} bytes) before exposing \
+                 this server. !!!"
+            );
+            Ok(())
+        }
+    }
+}
+
 /// Connects, migrates and starts the configured roles. `listener` is required when the
 /// gateway role runs (only `main` and tests bind ports).
 pub async fn start(
@@ -100,11 +135,9 @@ pub async fn start(
     games: Registry,
     listener: Option<TcpListener>,
 ) -> anyhow::Result<Server> {
-    if config.secret == DEV_SECRET && config.runs(Role::Gateway) {
-        tracing::warn!(
-            "!!! POSTGAME_SECRET is not set: tokens are signed with the public development \
-             secret. Anyone can forge them. Set POSTGAME_SECRET before exposing this server. !!!"
-        );
+    if config.runs(Role::Gateway) {
+        let at = listener.as_ref().and_then(|l| l.local_addr().ok());
+        secret_check(&config.secret, at)?;
     }
     store::database_ensure(&config.db.database_url).await?;
     // Workers, publishers, the hub, the notifier and the listener all share this pool.
@@ -210,6 +243,7 @@ pub async fn start(
                 outbox_frames: config.outbox_frames,
                 allow_guests: !config.no_guests,
                 guest_token_ttl: chrono::Duration::hours(config.guest_token_hours.max(1)),
+                write_timeout: config.write_timeout(),
             },
             instance: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
             next_conn: AtomicU64::new(1),

@@ -140,6 +140,13 @@ pub trait Game: Send + Sync + 'static {
     /// The name clients use in `POST /v1/matches`.
     fn name(&self) -> &'static str;
 
+    /// Who may create matches of this game over the HTTP API ([`Creation::Anyone`] by
+    /// default). A game that could hurt the server in a stranger's hands (the benchmark
+    /// game `noop` and its 1000 Hz clocks) declares [`Creation::Admin`].
+    fn creation(&self) -> Creation {
+        Creation::Anyone
+    }
+
     /// Parses and validates a client-supplied config (`{}` when absent); the error is shown
     /// to the client as a `bad_request`.
     fn config(&self, raw: &Value) -> Result<Self::Config, String>;
@@ -185,6 +192,18 @@ pub trait Game: Send + Sync + 'static {
     }
 }
 
+/// Who may create a game's matches through `POST /v1/matches` (matches created in-process
+/// with [`crate::matches::match_create`], as benchmarks do, are not checked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Creation {
+    /// Any valid token, guests included.
+    Anyone,
+    /// Only tokens with the `"admin": true` claim (signed by the operator, never a guest's).
+    Admin,
+    /// Nobody: the game only runs matches created some other way.
+    Nobody,
+}
+
 /// A new match, ready to be inserted.
 #[derive(Debug, Clone)]
 pub struct Created {
@@ -214,6 +233,7 @@ pub struct Applied {
 /// The type-erased game the engine runs: JSON in, JSON out, panics caught.
 pub trait DynGame: Send + Sync {
     fn name(&self) -> &'static str;
+    fn creation(&self) -> Creation;
     fn create(
         &self,
         match_id: MatchId,
@@ -235,6 +255,10 @@ pub trait DynGame: Send + Sync {
 impl<G: Game> DynGame for G {
     fn name(&self) -> &'static str {
         Game::name(self)
+    }
+
+    fn creation(&self) -> Creation {
+        Game::creation(self)
     }
 
     fn create(
@@ -392,6 +416,8 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
 #[derive(Clone, Default)]
 pub struct Registry {
     games: HashMap<&'static str, Arc<dyn DynGame>>,
+    /// Who may create what, where it differs from what the game declares.
+    creation: HashMap<&'static str, Creation>,
 }
 
 impl Registry {
@@ -412,6 +438,19 @@ impl Registry {
     pub fn with(mut self, game: impl DynGame + 'static) -> Self {
         self.games.insert(game.name(), Arc::new(game));
         self
+    }
+
+    /// Overrides who may create `name`'s matches (e.g. a benchmark server that lets its
+    /// clients create `noop` matches: `.creatable(noop::NAME, Creation::Anyone)`).
+    pub fn creatable(mut self, name: &'static str, who: Creation) -> Self {
+        self.creation.insert(name, who);
+        self
+    }
+
+    /// Who may create `name`'s matches on this server.
+    pub fn creation(&self, name: &str) -> Option<Creation> {
+        let game = self.games.get(name)?;
+        Some(self.creation.get(name).copied().unwrap_or(game.creation()))
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<dyn DynGame>> {

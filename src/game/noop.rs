@@ -84,6 +84,12 @@ impl Game for Noop {
         NAME
     }
 
+    /// A benchmark game: a stranger with a guest token must not fill the tickers with
+    /// 1000 Hz clocks that never end.
+    fn creation(&self) -> super::Creation {
+        super::Creation::Admin
+    }
+
     fn config(&self, raw: &Value) -> Result<Config, String> {
         Config::parse(raw)
     }

@@ -31,6 +31,13 @@ pub struct Claims {
     /// Display name (guests).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Not valid before this time (seconds since the epoch), if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    /// An operator's token: may create games declared [`crate::game::Creation::Admin`].
+    /// Guest tokens never carry it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin: bool,
 }
 
 /// An authenticated client.
@@ -38,6 +45,9 @@ pub struct Claims {
 pub struct Identity {
     pub client: ClientId,
     pub name: Option<String>,
+    /// When the token expires (`exp`): a WebSocket session is closed with 4001 then.
+    pub expires_at: DateTime<Utc>,
+    pub admin: bool,
     caps: Option<Vec<(String, Vec<Cap>)>>,
 }
 
@@ -102,6 +112,8 @@ pub enum AuthError {
     Missing,
     #[error("the token is expired")]
     Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
     #[error("the token is invalid")]
     Invalid,
 }
@@ -119,6 +131,7 @@ impl Auth {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
         validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.validate_nbf = true;
         Self {
             encoding: EncodingKey::from_secret(secret.as_bytes()),
             decoding: DecodingKey::from_secret(secret.as_bytes()),
@@ -131,13 +144,17 @@ impl Auth {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                jsonwebtoken::errors::ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                 _ => AuthError::Invalid,
             })?;
         let claims = data.claims;
         let client = ClientId::parse(&claims.sub).ok_or(AuthError::Invalid)?;
+        let expires_at = DateTime::from_timestamp(claims.exp, 0).ok_or(AuthError::Invalid)?;
         Ok(Identity {
             client,
             name: claims.name,
+            expires_at,
+            admin: claims.admin,
             caps: claims.caps.map(|c| c.into_iter().collect()),
         })
     }
@@ -163,6 +180,8 @@ impl Auth {
             exp: expires_at.timestamp(),
             caps,
             name,
+            nbf: None,
+            admin: false,
         });
         (token, expires_at)
     }
@@ -217,6 +236,15 @@ mod tests {
         assert!(matches!(auth.verify(&other), Err(AuthError::Invalid)));
         let (old, _) = auth.issue("a", None, None, Duration::minutes(-5));
         assert!(matches!(auth.verify(&old), Err(AuthError::Expired)));
+        let early = auth.sign(&Claims {
+            sub: "a".into(),
+            exp: (Utc::now() + Duration::minutes(10)).timestamp(),
+            caps: None,
+            name: None,
+            nbf: Some((Utc::now() + Duration::minutes(5)).timestamp()),
+            admin: false,
+        });
+        assert!(matches!(auth.verify(&early), Err(AuthError::NotYetValid)));
     }
 
     #[test]

@@ -20,6 +20,7 @@ use super::auth::{AuthError, Cap, Identity};
 use super::error::ApiError;
 use super::{prepare_publish, AppState};
 use crate::broadcast::history_read;
+use crate::game::Creation;
 use crate::ids::{Channel, ChannelKind, MatchId};
 use crate::matches::{match_create, match_get, match_list, CreateError};
 use crate::queue::publisher::PublishError;
@@ -27,8 +28,11 @@ use crate::queue::publisher::PublishError;
 /// The token of a request: `Authorization: Bearer …` or `?token=…`.
 pub fn request_token(parts: &Parts) -> Option<String> {
     if let Some(v) = parts.headers.get(header::AUTHORIZATION) {
-        if let Some(t) = v.to_str().ok().and_then(|s| s.strip_prefix("Bearer ")) {
-            return Some(t.trim().to_owned());
+        // The scheme is case-insensitive (RFC 9110 §11.1): `Bearer`, `bearer`, `BEARER`.
+        if let Some((scheme, t)) = v.to_str().ok().and_then(|s| s.trim().split_once(' ')) {
+            if scheme.eq_ignore_ascii_case("bearer") {
+                return Some(t.trim().to_owned());
+            }
         }
     }
     parts.uri.query().and_then(|q| {
@@ -186,7 +190,7 @@ pub struct CreateMatchBody {
 
 pub async fn match_create_handler(
     State(app): State<Arc<AppState>>,
-    Authed(_me): Authed,
+    Authed(me): Authed,
     Body(body): Body<CreateMatchBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     let game = app.games.get(&body.game).ok_or_else(|| {
@@ -196,6 +200,22 @@ pub async fn match_create_handler(
             app.games.names()
         ))
     })?;
+    match app.games.creation(&body.game).unwrap_or(Creation::Nobody) {
+        Creation::Anyone => {}
+        Creation::Admin if me.admin => {}
+        Creation::Admin => {
+            return Err(ApiError::forbidden(format!(
+                "only an operator's token (claim `admin`) may create {:?} matches on this server",
+                body.game
+            )))
+        }
+        Creation::Nobody => {
+            return Err(ApiError::forbidden(format!(
+                "{:?} matches cannot be created through the API on this server",
+                body.game
+            )))
+        }
+    }
     let (info, written) = match_create(&app.pool, game.as_ref(), &body.config)
         .await
         .map_err(|e| match e {

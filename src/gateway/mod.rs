@@ -39,6 +39,8 @@ pub struct GatewayConfig {
     pub outbox_frames: usize,
     pub allow_guests: bool,
     pub guest_token_ttl: chrono::Duration,
+    /// Longest a write to a WebSocket may take before the connection is dropped.
+    pub write_timeout: Duration,
 }
 
 /// Everything a request handler needs.

@@ -17,6 +17,7 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::auth::{AuthError, Cap, Identity};
 use super::error::Code;
@@ -33,6 +34,10 @@ use crate::queue::publisher::{PublishError, PublishRequest};
 pub mod close {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
+    /// A WebSocket protocol error (RFC 6455): bad framing, unmasked frames, bad opcodes.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame that is not valid UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
     pub const TOO_LARGE: u16 = 1009;
     pub const INTERNAL: u16 = 1011;
     pub const PROTOCOL: u16 = 4000;
@@ -70,43 +75,65 @@ impl Closer {
     }
 }
 
+/// Sends `first` and whatever else is queued (up to 256 frames) in one flush.
+async fn write_batch<S>(sink: &mut S, rx: &mut mpsc::Receiver<Utf8Bytes>, first: Utf8Bytes) -> bool
+where
+    S: Sink<Message> + Unpin,
+{
+    if sink.feed(Message::Text(first)).await.is_err() {
+        return false;
+    }
+    let mut n = 0;
+    while n < 256 {
+        match rx.try_recv() {
+            Ok(f) => {
+                if sink.feed(Message::Text(f)).await.is_err() {
+                    return false;
+                }
+                n += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    sink.flush().await.is_ok()
+}
+
+/// Owns the sending half. Every write is bounded by `write_timeout`: a peer that stops
+/// reading cannot hold the writer (and through it the socket) forever. When the writer
+/// stops, for whatever reason, it cancels `dead` so the reader stops too and the socket is
+/// released.
 async fn write_loop<S>(
     mut sink: S,
     mut rx: mpsc::Receiver<Utf8Bytes>,
     closer: Arc<Closer>,
     heartbeat: Duration,
+    write_timeout: Duration,
+    dead: CancellationToken,
 ) where
     S: Sink<Message> + Unpin,
 {
+    let _dead = dead.drop_guard();
     let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
     loop {
         tokio::select! {
             biased;
             frame = rx.recv() => {
                 let Some(frame) = frame else { break };
-                if sink.feed(Message::Text(frame)).await.is_err() {
-                    return;
-                }
                 // Everything queued meanwhile goes out in the same flush.
-                let mut n = 0;
-                while n < 256 {
-                    match rx.try_recv() {
-                        Ok(f) => {
-                            if sink.feed(Message::Text(f)).await.is_err() {
-                                return;
-                            }
-                            n += 1;
-                        }
-                        Err(_) => break,
+                match tokio::time::timeout(write_timeout, write_batch(&mut sink, &mut rx, frame)).await {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(_) => {
+                        metrics::counter!("postgame_write_timeouts_total").increment(1);
+                        tracing::debug!("write timed out: dropping a connection that does not read");
+                        return;
                     }
-                }
-                if sink.flush().await.is_err() {
-                    return;
                 }
             }
             _ = closer.notify.notified() => break,
             _ = ping.tick() => {
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                let sent = tokio::time::timeout(write_timeout, sink.send(Message::Ping(Default::default()))).await;
+                if !matches!(sent, Ok(Ok(()))) {
                     return;
                 }
             }
@@ -125,8 +152,9 @@ async fn write_loop<S>(
         .await
         .map_err(|_| ())
     };
-    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
-    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+    let bound = write_timeout.min(Duration::from_secs(2));
+    let _ = tokio::time::timeout(bound, drain).await;
+    let _ = tokio::time::timeout(bound.min(Duration::from_secs(1)), sink.close()).await;
 }
 
 type Pending = Pin<Box<dyn Future<Output = String> + Send>>;
@@ -159,12 +187,28 @@ pub async fn run<S, R, E>(
     let overflow = Arc::new(Notify::new());
     let closer = Arc::new(Closer::default());
     let outbox = Outbox::new(conn, tx, Arc::clone(&overflow));
+    let writer_dead = CancellationToken::new();
     let writer = tokio::spawn(write_loop(
         sink,
         rx,
         Arc::clone(&closer),
         app.config.heartbeat,
+        app.config.write_timeout,
+        writer_dead.clone(),
     ));
+    // Counted from the upgrade until the writer (and so the socket) is gone.
+    metrics::gauge!("postgame_connections").increment(1.0);
+    let write_timeout = app.config.write_timeout;
+    let writer_end = |writer: tokio::task::JoinHandle<()>| async move {
+        let abort = writer.abort_handle();
+        if tokio::time::timeout(write_timeout + Duration::from_secs(3), writer)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+        metrics::gauge!("postgame_connections").decrement(1.0);
+    };
 
     let me = match identity {
         Ok(me) => me,
@@ -172,11 +216,15 @@ pub async fn run<S, R, E>(
             outbox.push(frames::error(&None, Code::Unauthorized, &e.to_string()).into());
             closer.close(close::UNAUTHORIZED, "unauthorized");
             drop(outbox);
-            let _ = writer.await;
+            writer_end(writer).await;
             return;
         }
     };
-    metrics::gauge!("postgame_connections").increment(1.0);
+    // The token's `exp` (plus the verification leeway) ends the session: 4001.
+    let expires_in = (me.expires_at - Utc::now() + chrono::Duration::seconds(5))
+        .to_std()
+        .unwrap_or(Duration::ZERO);
+    let expiry = Instant::now() + expires_in;
     let connection_id = format!("{}-{conn}", app.instance);
     outbox.push(
         json!({
@@ -214,6 +262,12 @@ pub async fn run<S, R, E>(
                 s.closer.close(close::TOO_SLOW, "too slow to read");
                 break;
             }
+            _ = writer_dead.cancelled() => break,
+            _ = tokio::time::sleep_until(expiry) => {
+                s.fail(&None, Code::Unauthorized, "the token is expired");
+                s.closer.close(close::UNAUTHORIZED, "token expired");
+                break;
+            }
             Some(reply) = s.pending.next(), if !s.pending.is_empty() => {
                 s.outbox.push(reply.into());
             }
@@ -230,6 +284,10 @@ pub async fn run<S, R, E>(
                         if text.contains("too long") || text.contains("too big") || text.contains("Space limit") {
                             s.outbox.push(frames::error(&None, Code::TooLarge, "frame too large").into());
                             s.closer.close(close::TOO_LARGE, "frame too large");
+                        } else if text.starts_with("UTF-8 encoding error") {
+                            s.closer.close(close::INVALID_DATA, "text frame is not valid UTF-8");
+                        } else if text.starts_with("WebSocket protocol error") {
+                            s.closer.close(close::PROTOCOL_ERROR, "WebSocket protocol error");
                         }
                         break;
                     }
@@ -262,10 +320,9 @@ pub async fn run<S, R, E>(
     for channel in subs {
         s.leave(&channel).await;
     }
-    metrics::gauge!("postgame_connections").decrement(1.0);
     s.closer.close(close::NORMAL, "");
     drop(s);
-    let _ = writer.await;
+    writer_end(writer).await;
 }
 
 impl Session {

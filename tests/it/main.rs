@@ -11,6 +11,8 @@ mod bench_ticks;
 mod capabilities;
 mod clock;
 mod concurrency;
+mod edge_safe;
+mod edge_tokens;
 mod resilience;
 mod resume;
 mod robustness;

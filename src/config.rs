@@ -324,6 +324,21 @@ pub struct ServeConfig {
     /// Most database connections this process opens (besides its one LISTEN connection).
     #[arg(long, env = "POSTGAME_DB_CONNECTIONS", default_value_t = 16)]
     pub db_connections: u32,
+
+    /// The lease, in seconds: a process silent this long inside a transaction (frozen,
+    /// paused, partitioned) has its session ended by Postgres
+    /// (`idle_in_transaction_session_timeout`), so its matches move on without it and it
+    /// cannot commit stale work when it wakes.
+    #[arg(long, env = "POSTGAME_LEASE_SECONDS", default_value_t = 5.0)]
+    pub lease_seconds: f64,
+
+    /// Longest statement of this process's connections (`statement_timeout`), in seconds.
+    #[arg(
+        long,
+        env = "POSTGAME_STATEMENT_TIMEOUT_SECONDS",
+        default_value_t = 30.0
+    )]
+    pub statement_timeout_seconds: f64,
 }
 
 impl ServeConfig {
@@ -355,6 +370,15 @@ impl ServeConfig {
 
     pub fn write_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.write_timeout_seconds.clamp(0.05, 86_400.0))
+    }
+
+    /// The session limits of this process's connections.
+    pub fn leases(&self) -> crate::lease::Leases {
+        let secs = |s: f64| Duration::from_secs_f64(s.clamp(0.001, 86_400.0));
+        crate::lease::Leases {
+            lease: secs(self.lease_seconds),
+            statement_timeout: secs(self.statement_timeout_seconds),
+        }
     }
 
     pub fn heartbeat(&self) -> Duration {

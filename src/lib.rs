@@ -25,6 +25,7 @@ pub mod config;
 pub mod game;
 pub mod gateway;
 pub mod ids;
+pub mod lease;
 pub mod matches;
 pub mod queue;
 pub mod store;
@@ -151,8 +152,13 @@ pub async fn start(
     .map(|(_, n)| n)
     .collect();
     let app_name = format!("postgame {}", roles.join("+"));
-    let pool =
-        store::pool_connect(&config.db.database_url, config.db_connections, &app_name).await?;
+    let pool = store::pool_connect_role(
+        &config.db.database_url,
+        config.db_connections,
+        &app_name,
+        config.leases(),
+    )
+    .await?;
     store::migrate(&pool).await?;
 
     let stop = CancellationToken::new();

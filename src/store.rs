@@ -4,12 +4,15 @@
 //! or by `sqlx migrate run` in a user's CI.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
+
+use crate::lease::Leases;
 
 /// The migrations under `migrations/`, compiled into the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!();
@@ -33,21 +36,69 @@ pub async fn database_ensure(url: &str) -> anyhow::Result<()> {
 
 /// A pool of at most `max` connections, named `app_name` in `pg_stat_activity`.
 pub async fn pool_connect(url: &str, max: u32, app_name: &str) -> anyhow::Result<PgPool> {
-    let options = PgConnectOptions::from_str(url).context("DATABASE_URL is not a valid URL")?;
-    PgPoolOptions::new()
-        .max_connections(max.max(2))
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options.application_name(app_name))
+    pool_options(max)
+        .connect_with(connect_options(url)?.application_name(app_name))
         .await
         .context("cannot connect to PostgreSQL")
 }
 
-/// Applies pending migrations.
-pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    MIGRATOR
-        .run(pool)
+/// A pool for a serving process's roles: like [`pool_connect`], and every connection runs
+/// under `leases` ([`Leases::session_sql`]: idle-in-transaction and statement timeouts,
+/// keepalives), so a process that hangs holds nothing for longer than its lease.
+pub async fn pool_connect_role(
+    url: &str,
+    max: u32,
+    app_name: &str,
+    leases: Leases,
+) -> anyhow::Result<PgPool> {
+    let sql: Arc<str> = leases.session_sql().into();
+    pool_options(max)
+        .after_connect(move |conn, _meta| {
+            let sql = Arc::clone(&sql);
+            Box::pin(async move {
+                // A query without arguments goes through the simple protocol, which takes
+                // several statements at once.
+                sqlx::Executor::execute(conn, &*sql).await?;
+                Ok(())
+            })
+        })
+        .connect_with(connect_options(url)?.application_name(app_name))
         .await
-        .context("cannot apply the migrations")
+        .context("cannot connect to PostgreSQL")
+}
+
+fn connect_options(url: &str) -> anyhow::Result<PgConnectOptions> {
+    PgConnectOptions::from_str(url).context("DATABASE_URL is not a valid URL")
+}
+
+fn pool_options(max: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max.max(2))
+        .acquire_timeout(Duration::from_secs(10))
+}
+
+/// Applies pending migrations, on a connection of its own with no statement or
+/// idle-in-transaction limit (a migration may rewrite a large table), which is closed
+/// afterwards rather than handed back to the pool.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    let mut conn = pool
+        .acquire()
+        .await
+        .context("cannot connect to PostgreSQL")?
+        .detach();
+    sqlx::raw_sql(
+        "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0;
+         SET application_name = 'postgame migrate'",
+    )
+    .execute(&mut conn)
+    .await
+    .context("cannot prepare the migration connection")?;
+    let done = MIGRATOR
+        .run(&mut conn)
+        .await
+        .context("cannot apply the migrations");
+    let _ = sqlx::Connection::close(conn).await;
+    done
 }
 
 /// Whether every embedded migration has been applied.

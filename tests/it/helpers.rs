@@ -542,6 +542,11 @@ pub async fn kill_backends(pool: PgPool, app_name: &'static str) -> i64 {
 /// A `postgame serve --role <role>` process of this build on `db_url`: two tasks of the
 /// role, batches of 10, a 0.5 s poll, killed when dropped.
 pub fn role_process(db_url: &str, role: &str) -> tokio::process::Child {
+    role_process_with(db_url, role, &[])
+}
+
+/// [`role_process`] with extra environment variables (e.g. `POSTGAME_LEASE_SECONDS`).
+pub fn role_process_with(db_url: &str, role: &str, env: &[(&str, &str)]) -> tokio::process::Child {
     let (tasks, batch) = match role {
         "worker" => ("POSTGAME_WORKERS", "POSTGAME_BATCH_SIZE"),
         "ticker" => ("POSTGAME_TICKERS", "POSTGAME_TICK_BATCH"),
@@ -554,6 +559,7 @@ pub fn role_process(db_url: &str, role: &str) -> tokio::process::Child {
         .env("POSTGAME_DB_CONNECTIONS", "4")
         .env("POSTGAME_POLL_SECONDS", "0.5")
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)

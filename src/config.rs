@@ -3,12 +3,20 @@
 //! settings passed down.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// The development secret; `serve` warns loudly when it is in use.
 pub const DEV_SECRET: &str = "postgame-development-secret-change-me";
+
+/// The database URL used when none is set (also what `.cargo/config.toml` sets for cargo,
+/// which therefore counts as "not set by the user").
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/postgame";
+
+/// Where a private cluster keeps its data when `--data-dir` is absent.
+pub const DEFAULT_DATA_DIR: &str = ".postgame/pgdata";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,6 +37,37 @@ pub enum Command {
     Migrate(DatabaseConfig),
     /// Run a benchmark scenario against a fresh database.
     Bench(BenchArgs),
+    /// Check the database, its migrations and the running roles; print what is wrong.
+    Doctor(DatabaseConfig),
+    /// Start or stop the private PostgreSQL cluster of `--data-dir` (for scripts).
+    Cluster(ClusterArgs),
+}
+
+/// `postgame cluster`.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    #[command(subcommand)]
+    pub action: ClusterAction,
+
+    #[command(flatten)]
+    pub db: DatabaseConfig,
+}
+
+/// What `postgame cluster` does.
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum ClusterAction {
+    /// Create (first time) and start the private cluster, print its URL and leave it
+    /// running.
+    Start {
+        /// Only when `serve` would: print the URL in use (the one set, or the default
+        /// when something answers there) and start nothing otherwise.
+        #[arg(long)]
+        if_needed: bool,
+    },
+    /// Stop the private cluster if it runs.
+    Stop,
+    /// Print whether it runs, and its URL.
+    Status,
 }
 
 /// `postgame bench`.
@@ -38,13 +77,8 @@ pub struct BenchArgs {
     pub scenario: Scenario,
 
     /// The server to benchmark on: a fresh database is created beside this one.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@localhost:5432/postgame",
-        global = true
-    )]
-    pub database_url: String,
+    #[command(flatten)]
+    pub db: DatabaseConfig,
 
     /// Use the database of `--database-url` as it is instead of a fresh one.
     #[arg(long, global = true)]
@@ -213,16 +247,57 @@ pub struct E2eArgs {
     pub workers: usize,
 }
 
-/// Where the database is.
+/// Where the database is: a URL the user set, or the default, or (when nothing answers at
+/// the default) a private cluster started from the machine's PostgreSQL installation.
+/// [`crate::setup::prepare`] turns this into [`DatabaseConfig::database_url`].
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseConfig {
-    /// PostgreSQL connection URL; the database is created if it does not exist.
+    /// PostgreSQL connection URL; the database is created if it does not exist. When it is
+    /// not set (or equals the default), postgame uses the default and, if nothing answers
+    /// there, starts a private cluster (see `--embedded`).
+    #[arg(long = "database-url", env = "DATABASE_URL", global = true)]
+    pub database_url_set: Option<String>,
+
+    /// The URL used when none is set (hidden: tests point it at a free port).
     #[arg(
         long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@localhost:5432/postgame"
+        env = "POSTGAME_DEFAULT_DATABASE_URL",
+        default_value = DEFAULT_DATABASE_URL,
+        hide = true,
+        global = true
     )]
+    pub default_database_url: String,
+
+    /// Always use the private PostgreSQL cluster in `--data-dir` (created on first use from
+    /// the machine's PostgreSQL installation, listening only on a Unix socket in that
+    /// folder, stopped when postgame exits), whatever answers elsewhere.
+    #[arg(long, env = "POSTGAME_EMBEDDED", global = true)]
+    pub embedded: bool,
+
+    /// Folder of the private cluster's data (delete it to start afresh).
+    #[arg(long, env = "POSTGAME_DATA_DIR", default_value = DEFAULT_DATA_DIR, global = true)]
+    pub data_dir: PathBuf,
+
+    /// Folder holding PostgreSQL's `initdb`, `pg_ctl` and `postgres` for the private
+    /// cluster; searched when absent (`pg_config --bindir`, /usr/lib/postgresql/*/bin,
+    /// Homebrew, PATH).
+    #[arg(long, env = "POSTGAME_PG_BINDIR", global = true)]
+    pub pg_bindir: Option<PathBuf>,
+
+    /// The URL in use, once resolved (set by [`crate::setup::prepare`], or by
+    /// [`ServeConfig::defaults`]).
+    #[arg(skip)]
     pub database_url: String,
+}
+
+impl DatabaseConfig {
+    /// The URL the user set, if any. `DATABASE_URL` equal to the default (as
+    /// `.cargo/config.toml` sets it for every cargo command) counts as not set.
+    pub fn user_url(&self) -> Option<&str> {
+        self.database_url_set
+            .as_deref()
+            .filter(|u| *u != DEFAULT_DATABASE_URL && *u != self.default_database_url)
+    }
 }
 
 /// The roles a process can run.
@@ -346,7 +421,10 @@ impl ServeConfig {
     pub fn defaults(database_url: &str) -> Self {
         let cli = Cli::parse_from(["postgame", "serve", "--database-url", database_url]);
         match cli.command {
-            Command::Serve(c) => c,
+            Command::Serve(mut c) => {
+                c.db.database_url = database_url.to_owned();
+                c
+            }
             // Cannot happen: the arguments above name `serve`.
             _ => unreachable!("parsed `serve`"),
         }

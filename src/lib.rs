@@ -2,6 +2,10 @@
 //!
 //! Map of the crate:
 //! - [`config`]: the command line and environment, read once.
+//! - [`setup`]: which database (the user's, the default, or a private cluster), and
+//!   errors that say what to do.
+//! - [`embedded`]: the private PostgreSQL cluster made from the machine's installation.
+//! - [`doctor`]: `postgame doctor`, the checks of a deployment.
 //! - [`store`]: connecting, creating the database, migrations.
 //! - [`ids`]: identifier newtypes (`MatchId`, `ClientId`, `Channel`).
 //! - [`game`]: the [`game::Game`] trait and the built-in games.
@@ -22,12 +26,15 @@ pub mod bench;
 pub mod broadcast;
 pub mod claim_loop;
 pub mod config;
+pub mod doctor;
+pub mod embedded;
 pub mod game;
 pub mod gateway;
 pub mod ids;
 pub mod lease;
 pub mod matches;
 pub mod queue;
+pub mod setup;
 pub mod store;
 pub mod ticker;
 pub mod worker;
@@ -140,7 +147,7 @@ pub async fn start(
         let at = listener.as_ref().and_then(|l| l.local_addr().ok());
         secret_check(&config.secret, at)?;
     }
-    store::database_ensure(&config.db.database_url).await?;
+    setup::database_ready(&config.db.database_url).await?;
     // Workers, publishers, the hub, the notifier and the listener all share this pool.
     let roles: Vec<&str> = [
         (Role::Gateway, "gateway"),

@@ -1,28 +1,57 @@
-//! The `postgame` binary: parse flags, set up logging, run until a signal.
+//! The `postgame` binary: parse flags, set up logging, find the database (see
+//! [`postgame::setup`]), run until a signal. Errors are printed as one explanation, with a
+//! backtrace only when `RUST_BACKTRACE` asks for one.
+
+use std::process::ExitCode;
 
 use clap::Parser;
 use postgame::config::{Cli, Command, Role};
 use postgame::game::Registry;
+use postgame::setup;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
-        Command::Migrate(db) => {
-            postgame::store::database_ensure(&db.database_url).await?;
-            let pool =
-                postgame::store::pool_connect(&db.database_url, 2, "postgame migrate").await?;
-            postgame::store::migrate(&pool).await?;
+    match run(Cli::parse().command).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.backtrace().status() == std::backtrace::BacktraceStatus::Captured {
+                eprintln!("\n{}", e.backtrace());
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Migrate(mut db) => {
+            let cluster = setup::prepare(&mut db).await?;
+            let result = async {
+                let pool =
+                    postgame::store::pool_connect(&db.database_url, 2, "postgame migrate").await?;
+                postgame::store::migrate(&pool).await
+            }
+            .await;
+            if let Some(cluster) = cluster {
+                cluster.stop().await;
+            }
+            result?;
             tracing::info!("migrations applied");
         }
         Command::Bench(args) => postgame::bench::run(args).await?,
-        Command::Serve(config) => {
+        Command::Doctor(db) => return Ok(postgame::doctor::run(db).await),
+        Command::Cluster(args) => postgame::embedded::command(args).await?,
+        Command::Serve(mut config) => {
+            // A private cluster started here is stopped on every way out (`Drop` on errors).
+            let cluster = setup::prepare(&mut config.db).await?;
             let listener = if config.runs(Role::Gateway) {
                 Some(tokio::net::TcpListener::bind(config.listen).await?)
             } else {
@@ -35,9 +64,12 @@ async fn main() -> anyhow::Result<()> {
             shutdown_signal().await;
             tracing::info!("shutting down");
             server.shutdown().await;
+            if let Some(cluster) = cluster {
+                cluster.stop().await;
+            }
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn shutdown_signal() {

@@ -1,4 +1,4 @@
-//! The database: connecting (creating the database when it does not exist), the embedded
+//! The database: connecting (see [`crate::setup`] for creating it), the embedded
 //! migrations, and the readiness check. All of postgame's objects live in schema
 //! `postgame`; the migrations are plain SQL under `migrations/`, applied here at start-up
 //! or by `sqlx migrate run` in a user's CI.
@@ -8,31 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::migrate::{MigrateDatabase, Migrator};
+use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres};
+use sqlx::PgPool;
 
 use crate::lease::Leases;
 
 /// The migrations under `migrations/`, compiled into the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!();
-
-/// Creates the database named in `url` if it does not exist yet.
-pub async fn database_ensure(url: &str) -> anyhow::Result<()> {
-    if !Postgres::database_exists(url)
-        .await
-        .context("cannot reach PostgreSQL")?
-    {
-        tracing::info!("creating the database");
-        if let Err(e) = Postgres::create_database(url).await {
-            // Another process may have created it meanwhile.
-            if !Postgres::database_exists(url).await.unwrap_or(false) {
-                return Err(e).context("cannot create the database");
-            }
-        }
-    }
-    Ok(())
-}
 
 /// A pool of at most `max` connections, named `app_name` in `pg_stat_activity`.
 pub async fn pool_connect(url: &str, max: u32, app_name: &str) -> anyhow::Result<PgPool> {
@@ -96,7 +79,7 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     let done = MIGRATOR
         .run(&mut conn)
         .await
-        .context("cannot apply the migrations");
+        .map_err(|e| crate::setup::explain_migrate(e, &pool.connect_options()));
     let _ = sqlx::Connection::close(conn).await;
     done
 }

@@ -26,8 +26,18 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{BenchArgs, Scenario};
 
 /// Runs the scenario the command line names.
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let db = BenchDb::prepare(&args.database_url, args.in_place).await?;
+pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
+    // The default URL with nothing answering means a private cluster, as for `serve`.
+    let cluster = crate::setup::prepare(&mut args.db).await?;
+    let result = run_on(&args).await;
+    if let Some(cluster) = cluster {
+        cluster.stop().await;
+    }
+    result
+}
+
+async fn run_on(args: &BenchArgs) -> anyhow::Result<()> {
+    let db = BenchDb::prepare(&args.db.database_url, args.in_place).await?;
     let result = match &args.scenario {
         Scenario::E2e(a) => e2e::run(db.url(), a, !args.json).await,
         Scenario::Queue(a) => queue::run(db.url(), a, !args.json).await,
@@ -59,14 +69,11 @@ impl BenchDb {
                 created: false,
             });
         }
-        let (server, _) = base_url
-            .rsplit_once('/')
-            .context("DATABASE_URL must name a database")?;
         let name = format!(
             "postgame_bench_{}",
             &uuid::Uuid::new_v4().simple().to_string()[..12]
         );
-        let url = format!("{server}/{name}");
+        let url = crate::setup::url_with_database(base_url, &name)?;
         Postgres::create_database(&url)
             .await
             .context("cannot create the benchmark database")?;

@@ -461,7 +461,7 @@ pub async fn run(db_url: &str, args: &TicksArgs, show_progress: bool) -> anyhow:
         }
     }
 
-    crate::store::database_ensure(db_url).await?;
+    crate::setup::database_ready(db_url).await?;
     let pool = crate::store::pool_connect(db_url, 4, "postgame bench").await?;
     crate::store::migrate(&pool).await?;
 

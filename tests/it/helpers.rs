@@ -23,18 +23,40 @@ pub const WAIT: Duration = Duration::from_secs(15);
 
 /// The URL of the per-test database (same server as DATABASE_URL).
 pub fn database_url(opts: &PgConnectOptions) -> String {
-    let base = base_url();
-    let (server, _) = base
-        .rsplit_once('/')
-        .expect("DATABASE_URL names a database");
-    format!(
-        "{server}/{}",
-        opts.get_database().expect("a test database is named")
+    postgame::setup::url_with_database(
+        &base_url(),
+        opts.get_database().expect("a test database is named"),
     )
+    .expect("DATABASE_URL names a database")
 }
 
+/// `DATABASE_URL`; when that is the default (as `.cargo/config.toml` sets it) and nothing
+/// answers there, the URL of a private cluster in the target folder, started as `serve`
+/// would start one (`postgame cluster start --if-needed`) and left running for the next
+/// run (`postgame cluster stop --data-dir target/tmp/pgdata` stops it; `scripts/test.sh`
+/// does).
 fn base_url() -> String {
-    std::env::var("DATABASE_URL").expect("DATABASE_URL is set (see .cargo/config.toml)")
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    URL.get_or_init(|| {
+        let url =
+            std::env::var("DATABASE_URL").expect("DATABASE_URL is set (see .cargo/config.toml)");
+        if url != postgame::config::DEFAULT_DATABASE_URL {
+            return url;
+        }
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_postgame"))
+            .args(["cluster", "start", "--if-needed", "--data-dir"])
+            .arg(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("pgdata"))
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("postgame runs");
+        assert!(
+            out.status.success(),
+            "no database for the tests: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    })
+    .clone()
 }
 
 /// A fresh, empty database for one test, on the server of `DATABASE_URL`, dropped when

@@ -13,6 +13,7 @@ mod clock;
 mod concurrency;
 mod edge_safe;
 mod edge_tokens;
+mod first_run;
 mod leases;
 mod resilience;
 mod resume;

@@ -9,7 +9,16 @@ import { fileURLToPath } from 'node:url';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const BIN = process.env.POSTGAME_BIN || path.join(ROOT, 'target/debug/postgame');
-const PG = process.env.POSTGAME_TEST_PG || 'postgres://postgres@localhost:5432';
+// The server of DATABASE_URL (run-tests.sh sets it); each test server gets a database of
+// its own there.
+const BASE_URL = process.env.DATABASE_URL || 'postgres://postgres@localhost:5432/postgame';
+
+/** `BASE_URL` naming database `db` (query parameters, such as a socket's host, kept). */
+function databaseUrl(db) {
+  const url = new URL(BASE_URL);
+  url.pathname = `/${db}`;
+  return url.toString();
+}
 
 /** A free TCP port on 127.0.0.1. */
 export function freePort() {
@@ -34,7 +43,7 @@ export class Server {
     // run-tests.sh sets POSTGAME_WEBTEST_RUN to drop whatever a killed run leaves behind.
     const run = process.env.POSTGAME_WEBTEST_RUN || `p${process.pid}`;
     this.db = `postgame_webtest_${run}_${name}_${Math.random().toString(36).slice(2, 8)}`;
-    this.databaseUrl = `${PG}/${this.db}`;
+    this.databaseUrl = databaseUrl(this.db);
     this.port = 0;
     this.url = '';
     this.proc = null;
@@ -98,7 +107,7 @@ export class Server {
   async destroy() {
     await this.stop();
     try {
-      execFileSync('psql', [`${PG}/postgres`, '-qAtc', `DROP DATABASE IF EXISTS "${this.db}" WITH (FORCE)`], {
+      execFileSync('psql', [databaseUrl('postgres'), '-qAtc', `DROP DATABASE IF EXISTS "${this.db}" WITH (FORCE)`], {
         stdio: 'ignore',
       });
     } catch {

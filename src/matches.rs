@@ -201,6 +201,50 @@ pub async fn match_list(
     .await
 }
 
+/// The matches whose id starts with `prefix` (hex digits, dashes ignored: the 8-character
+/// code the demo's lobby shows), newest first. Uses the primary key: the prefix is a range
+/// of ids. `None` when `prefix` is not 1..=32 hex digits.
+pub async fn match_find_by_prefix(
+    db: impl PgExecutor<'_>,
+    prefix: &str,
+    limit: i64,
+) -> sqlx::Result<Option<Vec<MatchInfo>>> {
+    let Some((low, high)) = prefix_range(prefix) else {
+        return Ok(None);
+    };
+    sqlx::query_as!(
+        MatchInfo,
+        r#"
+        SELECT id, game, status, config, created_at, NULL::jsonb AS state
+        FROM postgame.matches
+        WHERE id BETWEEN $1 AND $2
+        ORDER BY created_at DESC, id
+        LIMIT $3
+        "#,
+        low,
+        high,
+        limit
+    )
+    .fetch_all(db)
+    .await
+    .map(Some)
+}
+
+/// The smallest and largest id starting with the hex digits of `prefix`.
+pub fn prefix_range(prefix: &str) -> Option<(Uuid, Uuid)> {
+    let hex: String = prefix
+        .chars()
+        .filter(|c| *c != '-')
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if hex.is_empty() || hex.len() > 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let low = format!("{hex:0<32}");
+    let high = format!("{hex:f<32}");
+    Some((Uuid::parse_str(&low).ok()?, Uuid::parse_str(&high).ok()?))
+}
+
 /// A match loaded for change inside a worker or ticker transaction.
 #[derive(Debug, Clone)]
 pub struct LoadedMatch {

@@ -43,6 +43,14 @@ pub const MAX_SECONDS: u32 = 3600;
 pub const WAITING_TIMEOUT_SECONDS: i64 = 10 * 60;
 /// Longest chat line, in characters (Unicode scalar values, not bytes).
 pub const MAX_CHAT_CHARS: usize = 500;
+/// Longest display name a `join` may carry, in characters.
+pub const MAX_NAME_CHARS: usize = 32;
+/// Most clients without a seat whose connections a `waiting` match tracks (so that one
+/// who subscribes and then joins counts as connected); connections of further watchers
+/// are not recorded, so spectators cannot grow the state without bound.
+pub const MAX_WAITING_WATCHERS: usize = 64;
+/// Most live connections tracked per client; a client stays connected while any is.
+pub const MAX_TRACKED_CONNECTIONS: usize = 8;
 
 /// The 8 lines that win: 3 rows, 3 columns, 2 diagonals, as cell indices (row-major).
 pub const LINES: [[usize; 3]; 8] = [
@@ -267,6 +275,10 @@ pub struct State {
     pub board: [Option<Mark>; 9],
     /// Who holds each seat.
     pub players: Seats<Option<ClientId>>,
+    /// The display name each seated player gave in `join` (absent in states stored before
+    /// names existed).
+    #[serde(default)]
+    pub names: Seats<Option<String>>,
     /// Live connection ids per client subscribed to `match:<id>`: every client while
     /// `waiting`, only the seated players otherwise. A client with none has no entry.
     pub connections: BTreeMap<ClientId, BTreeSet<String>>,
@@ -302,6 +314,7 @@ impl State {
         Self {
             board: [None; 9],
             players: Seats::default(),
+            names: Seats::default(),
             connections: BTreeMap::new(),
             turn: Mark::X,
             status: Status::Waiting,
@@ -356,6 +369,7 @@ pub fn public_state(state: &State) -> Value {
             "X": state.players.x.as_ref().map(ClientId::as_str),
             "O": state.players.o.as_ref().map(ClientId::as_str),
         },
+        "names": { "X": state.names.x, "O": state.names.o },
         "connected": {
             "X": state.is_connected(Mark::X),
             "O": state.is_connected(Mark::O),
@@ -465,20 +479,49 @@ fn end_game(state: &mut State, status: Status, winner: Option<Mark>) {
     state.winner = winner;
 }
 
-/// `join`: the first client takes X, the second O and the game starts. Anyone else, or a
-/// seated player joining again, is a spectator: nothing changes and nothing is sent.
-fn join(state: &mut State, now: DateTime<Utc>, client: &ClientId, out: &mut Vec<Outgoing>) {
+/// Reads the optional display `name` of a `join`: absent, null or blank is no name; a
+/// string of at most [`MAX_NAME_CHARS`] characters without control characters is kept
+/// trimmed; anything else is `bad_request`.
+fn parse_name(data: &Value) -> Result<Option<String>, Rejection> {
+    match data.get("name") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => {
+            let s = s.trim();
+            if s.chars().count() > MAX_NAME_CHARS || s.chars().any(char::is_control) {
+                Err(Rejection::BadRequest)
+            } else {
+                Ok((!s.is_empty()).then(|| s.to_owned()))
+            }
+        }
+        Some(_) => Err(Rejection::BadRequest),
+    }
+}
+
+/// `join`: the first client takes X, the second O and the game starts; an optional `name`
+/// is shown to everyone as the seat's display name. Anyone else, or a seated player
+/// joining again, is a spectator: nothing changes and nothing is sent. A malformed `name`
+/// is `bad_request`, checked first.
+fn join(
+    state: &mut State,
+    now: DateTime<Utc>,
+    client: &ClientId,
+    data: &Value,
+    out: &mut Vec<Outgoing>,
+) -> Result<(), Rejection> {
+    let name = parse_name(data)?;
     if state.status != Status::Waiting || state.mark_of(client).is_some() {
-        return;
+        return Ok(());
     }
     let Some(seat) = Mark::BOTH.into_iter().find(|&m| state.players[m].is_none()) else {
-        return;
+        return Ok(());
     };
     state.players[seat] = Some(client.clone());
+    state.names[seat] = name;
     if state.players.x.is_some() && state.players.o.is_some() {
         start_game(state, now);
     }
     commit(state, now, out);
+    Ok(())
 }
 
 /// Reads `cell` from a `move`'s data: `Err(BadRequest)` unless it is an integer. An integer
@@ -558,6 +601,7 @@ fn leave(state: &mut State, now: DateTime<Utc>, client: &ClientId, out: &mut Vec
         }
         Status::Waiting => {
             state.players[mark] = None;
+            state.names[mark] = None;
             if state.players.x.is_none() && state.players.o.is_none() {
                 end_game(state, Status::Abandoned, None);
             }
@@ -609,6 +653,10 @@ fn rematch(
             x: state.players.o.take(),
             o: state.players.x.take(),
         };
+        state.names = Seats {
+            x: state.names.o.take(),
+            o: state.names.x.take(),
+        };
         state.game_no += 1;
         start_game(state, now);
     }
@@ -650,11 +698,20 @@ fn presence(
     }
     let before = mark.map(|m| state.is_connected(m));
     if up {
-        state
+        // Bounded: at most MAX_WAITING_WATCHERS unseated clients, MAX_TRACKED_CONNECTIONS
+        // each (a client past the bound is still connected through those tracked).
+        let watchers = state
             .connections
-            .entry(client.clone())
-            .or_default()
-            .insert(connection.to_owned());
+            .keys()
+            .filter(|c| state.mark_of(c).is_none())
+            .count();
+        let known = state.connections.contains_key(client);
+        if mark.is_some() || known || watchers < MAX_WAITING_WATCHERS {
+            let set = state.connections.entry(client.clone()).or_default();
+            if set.len() < MAX_TRACKED_CONNECTIONS {
+                set.insert(connection.to_owned());
+            }
+        }
     } else if let Some(set) = state.connections.get_mut(client) {
         set.remove(connection);
         if set.is_empty() {
@@ -684,10 +741,7 @@ fn on_client(
     out: &mut Vec<Outgoing>,
 ) -> Result<(), Rejection> {
     match name {
-        "join" => {
-            join(state, now, client, out);
-            Ok(())
-        }
+        "join" => join(state, now, client, data, out),
         "move" => play(state, now, client, data, out),
         "leave" => {
             leave(state, now, client, out);
@@ -995,6 +1049,7 @@ mod tests {
             &json!({
                 "board": [null, null, null, null, null, null, null, null, null],
                 "players": {"X": null, "O": null},
+                "names": {"X": null, "O": null},
                 "connected": {"X": false, "O": false},
                 "turn": "X",
                 "status": "waiting",
@@ -1018,6 +1073,7 @@ mod tests {
             &json!({
                 "board": [null, null, null, null, "X", null, null, null, null],
                 "players": {"X": "alice", "O": "bob"},
+                "names": {"X": null, "O": null},
                 "connected": {"X": true, "O": false},
                 "turn": "O",
                 "status": "playing",
@@ -1108,6 +1164,78 @@ mod tests {
         h.ignored("carol", "join", json!({}));
         assert_eq!(h.state.players.x, Some(id("alice")));
         assert_eq!(h.state.players.o, Some(id("bob")));
+    }
+
+    #[test]
+    fn display_names_given_in_join_are_shown_and_follow_the_seats() {
+        let mut h = Harness::new();
+        let out = h.send("alice", "join", json!({ "name": "  Alice  " }));
+        assert_eq!(
+            only_state(&out)["names"],
+            json!({ "X": "Alice", "O": null })
+        );
+        let out = h.send("bob", "join", json!({ "name": "Bob" }));
+        assert_eq!(
+            only_state(&out)["names"],
+            json!({ "X": "Alice", "O": "Bob" })
+        );
+        h.moves(&[0, 3, 1, 4, 2]);
+        h.send("alice", "rematch", json!({}));
+        let out = h.send("bob", "rematch", json!({}));
+        let state = only_state(&out);
+        assert_eq!(state["players"]["X"], json!("bob"));
+        assert_eq!(state["names"], json!({ "X": "Bob", "O": "Alice" }));
+    }
+
+    #[test]
+    fn a_malformed_display_name_is_a_bad_request_and_takes_no_seat() {
+        let mut h = Harness::new();
+        let long = "n".repeat(MAX_NAME_CHARS + 1);
+        assert_eq!(
+            h.rejected("alice", "join", json!({ "name": long })),
+            "bad_request"
+        );
+        assert_eq!(
+            h.rejected("alice", "join", json!({ "name": 7 })),
+            "bad_request"
+        );
+        assert_eq!(
+            h.rejected("alice", "join", json!({ "name": "a\nb" })),
+            "bad_request"
+        );
+        assert_eq!(h.state.players.x, None);
+        let exact = "é".repeat(MAX_NAME_CHARS);
+        h.send("alice", "join", json!({ "name": exact.clone() }));
+        assert_eq!(h.state.names.x, Some(exact));
+        h.send("alice", "leave", json!({}));
+        assert_eq!(h.state.names.x, None, "a name goes with its seat");
+    }
+
+    #[test]
+    fn spectators_of_a_waiting_match_cannot_grow_its_state_without_bound() {
+        let mut h = Harness::new();
+        h.send("alice", "join", json!({}));
+        for i in 0..(MAX_WAITING_WATCHERS + 50) {
+            h.connect(&format!("watcher{i}"), "c1");
+        }
+        for c in 0..(MAX_TRACKED_CONNECTIONS + 10) {
+            h.connect("watcher0", &format!("extra{c}"));
+            h.connect("alice", &format!("a{c}"));
+        }
+        assert_eq!(h.state.connections.len(), MAX_WAITING_WATCHERS + 1);
+        assert!(h
+            .state
+            .connections
+            .values()
+            .all(|set| set.len() <= MAX_TRACKED_CONNECTIONS));
+        let bytes = serde_json::to_vec(&h.state).unwrap().len();
+        assert!(bytes < 16 * 1024, "the state stays small: {bytes} bytes");
+        // A tracked watcher who joins counts as connected at once.
+        let out = h.send("watcher1", "join", json!({}));
+        assert_eq!(
+            only_state(&out)["connected"],
+            json!({ "X": true, "O": true })
+        );
     }
 
     #[test]

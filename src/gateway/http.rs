@@ -22,7 +22,10 @@ use super::{prepare_publish, AppState};
 use crate::broadcast::history_read;
 use crate::game::Creation;
 use crate::ids::{Channel, ChannelKind, MatchId};
-use crate::matches::{match_create, match_get, match_list, CreateError};
+use crate::matches::{match_create, match_find_by_prefix, match_get, match_list, CreateError};
+
+/// Fewest hex digits `id_prefix` takes (shorter prefixes match too much to mean a match).
+pub const MIN_ID_PREFIX: usize = 4;
 use crate::queue::publisher::PublishError;
 
 /// The token of a request: `Authorization: Bearer …` or `?token=…`.
@@ -153,8 +156,15 @@ pub struct TokenBody {
     name: Option<String>,
 }
 
+/// The client ids guest tokens are minted for start with this.
+pub const GUEST_PREFIX: &str = "guest-";
+
+/// `POST /v1/tokens`: a new guest identity, or, called with a guest's own token, the same
+/// identity (same `client_id`) with the given display name (a player picks a name once and
+/// keeps it with the identity).
 pub async fn token_create(
     State(app): State<Arc<AppState>>,
+    parts: Parts,
     Body(body): Body<TokenBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     if !app.config.allow_guests {
@@ -168,15 +178,34 @@ pub async fn token_create(
                 "`name` has at most 64 characters and no control characters",
             ))
         }
-        n => n,
+        n => n.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()),
     };
-    let client_id = format!("guest-{}", uuid::Uuid::new_v4().simple());
-    let (token, expires_at) = app
-        .auth
-        .issue(&client_id, name, None, app.config.guest_token_ttl);
+    let client_id = match request_token(&parts) {
+        Some(token) => {
+            let me = app
+                .auth
+                .verify(&token)
+                .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+            if !me.client.as_str().starts_with(GUEST_PREFIX) {
+                return Err(ApiError::forbidden(
+                    "only guest identities get their tokens here",
+                ));
+            }
+            me.client.as_str().to_owned()
+        }
+        None => format!("{GUEST_PREFIX}{}", uuid::Uuid::new_v4().simple()),
+    };
+    let (token, expires_at) =
+        app.auth
+            .issue(&client_id, name.clone(), None, app.config.guest_token_ttl);
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "token": token, "client_id": client_id, "expires_at": expires_at })),
+        Json(json!({
+            "token": token,
+            "client_id": client_id,
+            "expires_at": expires_at,
+            "name": name,
+        })),
     ))
 }
 
@@ -234,6 +263,9 @@ pub struct ListQuery {
     game: Option<String>,
     status: Option<String>,
     limit: Option<i64>,
+    /// Matches whose id starts with these hex digits (a lobby code); `game` and `status`
+    /// do not apply then.
+    id_prefix: Option<String>,
 }
 
 pub async fn match_list_handler(
@@ -244,6 +276,17 @@ pub async fn match_list_handler(
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("`limit` is between 1 and 1000"));
+    }
+    if let Some(prefix) = q.id_prefix {
+        if prefix.chars().filter(char::is_ascii_hexdigit).count() < MIN_ID_PREFIX {
+            return Err(ApiError::bad_request(format!(
+                "`id_prefix` has {MIN_ID_PREFIX} to 32 hex digits"
+            )));
+        }
+        let matches = match_find_by_prefix(&app.pool, &prefix, limit)
+            .await?
+            .ok_or_else(|| ApiError::bad_request("`id_prefix` has 4 to 32 hex digits"))?;
+        return Ok(Json(json!({ "matches": matches })));
     }
     let matches = match_list(&app.pool, q.game.as_deref(), q.status.as_deref(), limit).await?;
     Ok(Json(json!({ "matches": matches })))

@@ -15,6 +15,7 @@ mod edge_safe;
 mod edge_tokens;
 mod first_run;
 mod leases;
+mod lobby;
 mod resilience;
 mod resume;
 mod robustness;

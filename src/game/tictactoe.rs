@@ -479,49 +479,40 @@ fn end_game(state: &mut State, status: Status, winner: Option<Mark>) {
     state.winner = winner;
 }
 
-/// Reads the optional display `name` of a `join`: absent, null or blank is no name; a
-/// string of at most [`MAX_NAME_CHARS`] characters without control characters is kept
-/// trimmed; anything else is `bad_request`.
-fn parse_name(data: &Value) -> Result<Option<String>, Rejection> {
-    match data.get("name") {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => {
-            let s = s.trim();
-            if s.chars().count() > MAX_NAME_CHARS || s.chars().any(char::is_control) {
-                Err(Rejection::BadRequest)
-            } else {
-                Ok((!s.is_empty()).then(|| s.to_owned()))
-            }
-        }
-        Some(_) => Err(Rejection::BadRequest),
-    }
+/// The display `name` of a `join`, made fit to show: control characters dropped, trimmed,
+/// cut to [`MAX_NAME_CHARS`]; absent, blank or not a string is no name. (`join` is never
+/// rejected, so a name is cleaned rather than refused.)
+fn parse_name(data: &Value) -> Option<String> {
+    let raw = data.get("name")?.as_str()?;
+    let clean: String = raw.chars().filter(|c| !c.is_control()).collect();
+    let name: String = clean.trim().chars().take(MAX_NAME_CHARS).collect();
+    let name = name.trim_end().to_owned();
+    (!name.is_empty()).then_some(name)
 }
 
 /// `join`: the first client takes X, the second O and the game starts; an optional `name`
 /// is shown to everyone as the seat's display name. Anyone else, or a seated player
-/// joining again, is a spectator: nothing changes and nothing is sent. A malformed `name`
-/// is `bad_request`, checked first.
+/// joining again, is a spectator: nothing changes and nothing is sent.
 fn join(
     state: &mut State,
     now: DateTime<Utc>,
     client: &ClientId,
     data: &Value,
     out: &mut Vec<Outgoing>,
-) -> Result<(), Rejection> {
-    let name = parse_name(data)?;
+) {
     if state.status != Status::Waiting || state.mark_of(client).is_some() {
-        return Ok(());
+        return;
     }
     let Some(seat) = Mark::BOTH.into_iter().find(|&m| state.players[m].is_none()) else {
-        return Ok(());
+        return;
     };
+    let name = parse_name(data);
     state.players[seat] = Some(client.clone());
     state.names[seat] = name;
     if state.players.x.is_some() && state.players.o.is_some() {
         start_game(state, now);
     }
     commit(state, now, out);
-    Ok(())
 }
 
 /// Reads `cell` from a `move`'s data: `Err(BadRequest)` unless it is an integer. An integer
@@ -741,7 +732,10 @@ fn on_client(
     out: &mut Vec<Outgoing>,
 ) -> Result<(), Rejection> {
     match name {
-        "join" => join(state, now, client, data, out),
+        "join" => {
+            join(state, now, client, data, out);
+            Ok(())
+        }
         "move" => play(state, now, client, data, out),
         "leave" => {
             leave(state, now, client, out);
@@ -1188,26 +1182,26 @@ mod tests {
     }
 
     #[test]
-    fn a_malformed_display_name_is_a_bad_request_and_takes_no_seat() {
+    fn display_names_are_cleaned_never_refused_and_go_with_the_seat() {
         let mut h = Harness::new();
-        let long = "n".repeat(MAX_NAME_CHARS + 1);
+        let long = "é".repeat(MAX_NAME_CHARS + 5);
+        h.send("alice", "join", json!({ "name": long }));
+        assert_eq!(h.state.names.x, Some("é".repeat(MAX_NAME_CHARS)));
+        h.send("bob", "join", json!({ "name": " a\nb\u{7} " }));
+        assert_eq!(h.state.names.o, Some("ab".into()));
+        let mut h = Harness::new();
+        h.send("alice", "join", json!({ "name": 7 }));
+        h.send("bob", "join", json!({ "name": "   " }));
         assert_eq!(
-            h.rejected("alice", "join", json!({ "name": long })),
-            "bad_request"
+            h.state.players.x,
+            Some(id("alice")),
+            "a bad name still seats"
         );
-        assert_eq!(
-            h.rejected("alice", "join", json!({ "name": 7 })),
-            "bad_request"
-        );
-        assert_eq!(
-            h.rejected("alice", "join", json!({ "name": "a\nb" })),
-            "bad_request"
-        );
-        assert_eq!(h.state.players.x, None);
-        let exact = "é".repeat(MAX_NAME_CHARS);
-        h.send("alice", "join", json!({ "name": exact.clone() }));
-        assert_eq!(h.state.names.x, Some(exact));
+        assert_eq!(h.state.names, Seats::default());
+        let mut h = Harness::new();
+        h.send("alice", "join", json!({ "name": "Ada" }));
         h.send("alice", "leave", json!({}));
+        h.send("carol", "join", json!({}));
         assert_eq!(h.state.names.x, None, "a name goes with its seat");
     }
 

@@ -9,11 +9,17 @@
 
 import { connect } from '/postgame.js';
 
-const client = connect({ url: location.origin, storage: sessionStorage, storageKey: 'postgame.demo.guest' });
+// Display names: a player picks one once; POST /v1/tokens with the player's own token
+// re-mints the same identity with that name, kept with the guest token. The name goes
+// with every `join`, and the match shows it to everyone (`state.names`).
+const GUEST_KEY = 'postgame.demo.guest';
+const client = connect({ url: location.origin, storage: sessionStorage, storageKey: GUEST_KEY });
 
 const $ = (id) => document.getElementById(id);
 const GAME = 'tictactoe';
 const UUID = /[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/i;
+/** A lobby code: the first hex digits of a match id (the lobby shows 8). */
+const CODE = /^[0-9a-f]{4,32}$/i;
 const LINES = [[0, 1, 2], [3, 4, 5], [6, 7, 8], [0, 3, 6], [1, 4, 7], [2, 5, 8], [0, 4, 8], [2, 4, 6]];
 const REASONS = {
   not_your_turn: "It's not your turn.",
@@ -54,6 +60,33 @@ function el(tag, props = {}, ...children) {
 }
 
 // ---- connection state and identity --------------------------------------------------------
+
+/** The display name kept with this tab's guest identity ('' when none). */
+function myName() {
+  try {
+    const guest = JSON.parse(sessionStorage.getItem(GUEST_KEY) || 'null');
+    return (guest && guest.name) || '';
+  } catch {
+    return '';
+  }
+}
+
+/** The data of a `join`: the display name, when there is one. */
+const joinData = () => (myName() ? { name: myName() } : {});
+
+$('name').value = myName();
+$('name-form').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  try {
+    // Sent with this tab's token: the same client id comes back, now with the name.
+    const guest = await client.request('POST', '/v1/tokens', { name: $('name').value.trim() });
+    sessionStorage.setItem(GUEST_KEY, JSON.stringify(guest));
+    $('name').value = guest.name || '';
+    notice(guest.name ? `Your name is ${guest.name}.` : 'Your name is cleared.');
+  } catch (e) {
+    failed(e);
+  }
+});
 
 const CONN_TEXT = { connecting: 'connecting…', connected: 'online', disconnected: 'offline, reconnecting…' };
 client.on('state', (state) => {
@@ -170,12 +203,30 @@ $('new-form').addEventListener('submit', async (ev) => {
   }
 });
 
-$('code-form').addEventListener('submit', (ev) => {
+$('code-form').addEventListener('submit', async (ev) => {
   ev.preventDefault();
-  const found = $('code').value.match(UUID);
-  if (!found) return notice('That is not a match code: paste the link or the id of a match.');
+  const text = $('code').value.trim();
+  const found = text.match(UUID);
+  if (found) {
+    $('code').value = '';
+    location.hash = `#/match/${found[0].toLowerCase()}`;
+    return;
+  }
+  // A lobby code: asked of the server, so a match that is not in the list opens too.
+  const code = text.replace(/^#/, '').replace(/-/g, '');
+  if (!CODE.test(code)) {
+    return notice('That is not a match code: paste the link, the id or the 8-character code of a match.');
+  }
+  let matches;
+  try {
+    ({ matches } = await client.request('GET', `/v1/matches?id_prefix=${code}&limit=2`));
+  } catch (e) {
+    return failed(e);
+  }
+  if (matches.length === 0) return notice(`There is no match with the code ${code}.`);
+  if (matches.length > 1) return notice(`More than one match has the code ${code}: paste the whole link.`);
   $('code').value = '';
-  location.hash = `#/match/${found[0].toLowerCase()}`;
+  location.hash = `#/match/${matches[0].id}`;
 });
 
 // ---- a match ------------------------------------------------------------------------------
@@ -194,7 +245,7 @@ function openMatch(id) {
       if (!recovered) fetchMatch(m); // messages were pruned: take the state from the match
       if (pendingJoin === id) {
         pendingJoin = null;
-        client.publish(`control:${id}`, 'join', {}).catch(failed);
+        client.publish(`control:${id}`, 'join', joinData()).catch(failed);
       }
     },
     onError: (e) => {
@@ -282,7 +333,12 @@ function render() {
   for (const mark of ['X', 'O']) {
     const seat = $(`seat-${mark}`);
     const id = s.players[mark];
-    seat.querySelector('.who').textContent = !id ? 'empty seat' : id === me ? 'You' : `Player ${short(id)}`;
+    const name = s.names && s.names[mark];
+    seat.querySelector('.who').textContent = !id
+      ? 'empty seat'
+      : id === me
+        ? name ? `You (${name})` : 'You'
+        : name || `Player ${short(id)}`;
     const presence = seat.querySelector('.presence');
     presence.textContent = !id ? 'waiting…' : s.connected[mark] ? 'connected' : 'disconnected';
     presence.className = `presence ${!id ? '' : s.connected[mark] ? 'on' : 'off'}`;
@@ -335,7 +391,9 @@ function render() {
 function renderChat(m) {
   const log = $('chat-log');
   const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 30;
-  const who = (c) => (c.from === client.clientId ? 'You' : c.mark || `Spectator ${short(c.from)}`);
+  const names = (m.state && m.state.names) || {};
+  const who = (c) =>
+    c.from === client.clientId ? 'You' : (c.mark && names[c.mark]) || c.mark || `Spectator ${short(c.from)}`;
   log.replaceChildren(
     ...(m.chats.length
       ? m.chats.map((c) => el('li', {}, el('span', { className: `from ${(c.mark || '').toLowerCase()}`, textContent: `${who(c)}:` }), c.text))
@@ -368,7 +426,7 @@ function move(cell) {
   send('move', { cell });
 }
 
-$('join').addEventListener('click', () => send('join'));
+$('join').addEventListener('click', () => send('join', joinData()));
 $('rematch').addEventListener('click', () => send('rematch'));
 $('leave').addEventListener('click', () => {
   const s = current && current.state;

@@ -107,6 +107,7 @@ pub const MIN_SECRET_BYTES: usize = 32;
 /// Refuses to serve beyond loopback with the public development secret or a short one:
 /// anyone could forge tokens. On loopback it only warns.
 pub fn secret_check(secret: &str, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let problem = if secret == DEV_SECRET {
         Some(
             "POSTGAME_SECRET is not set: tokens would be signed with the public development secret",
@@ -125,6 +126,8 @@ pub fn secret_check(secret: &str, listen: Option<SocketAddr>) -> anyhow::Result<
              POSTGAME_SECRET (or --secret) to at least {MIN_SECRET_BYTES} random bytes, e.g. \
              `openssl rand -hex 32`, or listen on a loopback address (127.0.0.1) for development"
         ),
+        // Once per process (`main` checks before the database, `start` again).
+        _ if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) => Ok(()),
         _ => {
             tracing::warn!(
                 "!!! {problem}. Anyone can forge tokens. This is only allowed on loopback; \

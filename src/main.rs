@@ -50,6 +50,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Doctor(db) => return Ok(postgame::doctor::run(db).await),
         Command::Cluster(args) => postgame::embedded::command(args).await?,
         Command::Serve(mut config) => {
+            // A secret that would be refused is refused (or, on loopback, warned about)
+            // before anything starts.
+            if config.runs(Role::Gateway) {
+                postgame::secret_check(&config.secret, Some(config.listen))?;
+            }
             // A private cluster started here is stopped on every way out (`Drop` on errors).
             let cluster = setup::prepare(&mut config.db).await?;
             let listener = if config.runs(Role::Gateway) {

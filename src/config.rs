@@ -124,6 +124,16 @@ pub struct QueueArgs {
     #[arg(long, default_value_t = 100)]
     pub batch_size: i64,
 
+    /// Most control messages of one match per worker transaction (`serve --batch-per-match`).
+    #[arg(long, default_value_t = 20)]
+    pub batch_per_match: i64,
+
+    /// Fairness run instead of the four phases: queue this many messages for one match,
+    /// then time messages of other matches (at `--latency-rate`, `--latency-messages`)
+    /// while the workers drain the flood.
+    #[arg(long)]
+    pub flood: Option<u64>,
+
     /// Of the `--messages`, how many are enqueued one per transaction (the rest in bulk).
     #[arg(long, default_value_t = 5000)]
     pub one_by_one: u64,
@@ -340,6 +350,11 @@ pub struct ServeConfig {
     /// Control messages one worker claims per transaction.
     #[arg(long, env = "POSTGAME_BATCH_SIZE", default_value_t = 100)]
     pub batch_size: i64,
+
+    /// Most control messages of one match in one worker transaction: a match's backlog
+    /// never takes a whole batch from the others.
+    #[arg(long, env = "POSTGAME_BATCH_PER_MATCH", default_value_t = 20)]
+    pub batch_per_match: i64,
 
     /// Attempts of a failing control message before it is dead-lettered.
     #[arg(long, env = "POSTGAME_MAX_ATTEMPTS", default_value_t = 5)]

@@ -187,6 +187,7 @@ pub async fn start(
             Arc::clone(&notifier),
             WorkerConfig {
                 batch_size: config.batch_size.max(1),
+                batch_per_match: config.batch_per_match.max(1),
                 max_attempts: config.max_attempts.max(1),
                 poll_interval: config.poll_interval(),
             },

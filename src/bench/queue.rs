@@ -150,7 +150,7 @@ async fn work(
                     .errors
                     .fetch_add(outcome.failed as u64, Ordering::Relaxed);
                 stamps.extend(ids.into_iter().map(|id| (id, at)));
-                if outcome.claimed > 0 {
+                if outcome.claimed > 0 || outcome.matches > 0 {
                     continue;
                 }
                 tokio::select! {
@@ -312,7 +312,10 @@ pub async fn run(db_url: &str, args: &QueueArgs, show_progress: bool) -> anyhow:
     let stop = CancellationToken::new();
     let notifier = Arc::new(Notifier::new());
     let notifier_task = tokio::spawn(Arc::clone(&notifier).run(pool.clone(), stop.clone()));
-    let result = phases(&pool, args, show_progress, &notifier, bulk, one_by_one).await;
+    let result = match args.flood {
+        Some(flood) => flood_run(&pool, args, show_progress, &notifier, flood).await,
+        None => phases(&pool, args, show_progress, &notifier, bulk, one_by_one).await,
+    };
     stop.cancel();
     let _ = notifier_task.await;
     pool.close().await;
@@ -373,6 +376,7 @@ async fn phases(
         Arc::clone(notifier),
         WorkerConfig {
             batch_size: args.batch_size.max(1),
+            batch_per_match: args.batch_per_match.max(1),
             max_attempts: 5,
             poll_interval: IDLE_POLL,
         },
@@ -475,6 +479,181 @@ async fn phases(
             "enqueue_one_by_one_per_s": rate(one_by_one, one_s),
             "latency_messages": args.latency_messages,
             "latency_rate": args.latency_rate,
+        }),
+    })
+}
+
+/// `--flood N`: fairness. With the workers running, L messages for the other matches at
+/// R per second (the baseline), then N messages for one match in bulk and, right behind
+/// them, L more for the other matches at R per second (the flood). `latency_ms` is the
+/// other matches' latency during the flood; the baseline's is in `params`, with their
+/// ratio and how much of the flood was still queued when the last timed message was
+/// applied (a positive number: the other matches did not wait for the flood).
+async fn flood_run(
+    pool: &PgPool,
+    args: &QueueArgs,
+    show_progress: bool,
+    notifier: &Arc<Notifier>,
+    flood: u64,
+) -> anyhow::Result<Report> {
+    let flooded = matches_create(pool, 1).await?;
+    let others = Arc::new(matches_create(pool, args.matches).await?);
+    let client = ClientId::parse("bench").context("a valid client id")?;
+    let producers = args.producers.max(1);
+    let counters = Arc::new(Counters::default());
+    let worker = Worker::new(
+        pool.clone(),
+        Registry::new().with(Recorded),
+        Arc::clone(notifier),
+        WorkerConfig {
+            batch_size: args.batch_size.max(1),
+            batch_per_match: args.batch_per_match.max(1),
+            max_attempts: 5,
+            poll_interval: IDLE_POLL,
+        },
+    );
+    let workers_stop = CancellationToken::new();
+    let mut workers = Vec::new();
+    for _ in 0..args.workers {
+        workers.push(tokio::spawn(work(
+            worker.clone(),
+            Arc::clone(&notifier.control_local),
+            Arc::clone(&counters),
+            workers_stop.clone(),
+        )));
+    }
+    let l = args.latency_messages;
+    let phases = async {
+        // Baseline: no flood.
+        let done = Arc::new(AtomicU64::new(0));
+        let bar = Bar::new(show_progress, "baseline", &counters.processed, l);
+        let baseline = enqueue_one_by_one(
+            pool,
+            &client,
+            &others,
+            0,
+            l,
+            producers,
+            Some(args.latency_rate),
+            Some(notifier),
+            &done,
+        )
+        .await?;
+        wait_for(&counters.processed, l, "the baseline").await?;
+        bar.finish().await;
+
+        // The flood, then the other matches' messages behind it.
+        let bar = Bar::new(show_progress, "flood", &counters.processed, l + flood + l);
+        let started = Instant::now();
+        let mut i = 0;
+        while i < flood {
+            let end = (i + BULK_BATCH as u64).min(flood);
+            let reqs: Vec<PublishRequest> =
+                (i..end).map(|j| request(&client, &flooded, j)).collect();
+            let refs: Vec<&PublishRequest> = reqs.iter().collect();
+            let committed = commit_batch(pool, &refs).await.context("flood enqueue")?;
+            acked(&committed)?;
+            notifier.control_ready();
+            i = end;
+        }
+        let during = enqueue_one_by_one(
+            pool,
+            &client,
+            &others,
+            l,
+            l,
+            producers,
+            Some(args.latency_rate),
+            Some(notifier),
+            &done,
+        )
+        .await?;
+        let last: Vec<i64> = during.iter().map(|(id, _)| *id).collect();
+        // How much of the flood was left when the other matches' last message was applied.
+        let mut flood_left = None;
+        let deadline_moved = Instant::now();
+        loop {
+            let pending: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM postgame.control WHERE id = ANY($1)")
+                    .bind(&last)
+                    .fetch_one(pool)
+                    .await?;
+            if pending == 0 {
+                let left: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM postgame.control WHERE match_id = $1")
+                        .bind(match flooded[0].kind() {
+                            crate::ids::ChannelKind::Control(m) => m.0,
+                            _ => bail!("a control channel"),
+                        })
+                        .fetch_one(pool)
+                        .await?;
+                flood_left = Some(left);
+                break;
+            }
+            if deadline_moved.elapsed() > STALL {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        wait_for(&counters.processed, l + flood + l, "the flood").await?;
+        let flood_s = started.elapsed().as_secs_f64();
+        bar.finish().await;
+        anyhow::Ok((baseline, during, flood_left, flood_s))
+    }
+    .await;
+    workers_stop.cancel();
+    let mut stamps = Vec::new();
+    for w in workers {
+        stamps.extend(w.await.context("worker task")?);
+    }
+    let (baseline, during, flood_left, flood_s) = phases?;
+    let expected = l + flood + l;
+    let mismatches = database_check(pool, expected).await?;
+    let stamps: HashMap<i64, Instant> = stamps.into_iter().collect();
+    let latencies = |enqueued: &[(i64, Instant)]| {
+        let mut h = histogram();
+        let mut missing = 0u64;
+        for (id, at) in enqueued {
+            match stamps.get(id) {
+                Some(done) => {
+                    let _ = h.record((done.duration_since(*at).as_micros() as u64).max(1));
+                }
+                None => missing += 1,
+            }
+        }
+        (Latency::of(&h), missing)
+    };
+    let (base, base_missing) = latencies(&baseline);
+    let (flooded_lat, flood_missing) = latencies(&during);
+    let off = (stamps.len() as u64).abs_diff(expected);
+    Ok(Report {
+        scenario: "queue",
+        throughput_per_s: (flood + l) as f64 / flood_s,
+        unit: "messages",
+        count: flood,
+        errors: counters.errors.load(Ordering::Relaxed)
+            + mismatches
+            + base_missing
+            + flood_missing
+            + off
+            + u64::from(flood_left.is_none()),
+        elapsed_s: flood_s,
+        latency_ms: flooded_lat,
+        latency_of: "other matches' messages while one match's flood drains: enqueue commit \
+                     to worker commit, at --latency-rate",
+        params: json!({
+            "flood": flood,
+            "matches": args.matches,
+            "workers": args.workers,
+            "batch_size": args.batch_size,
+            "batch_per_match": args.batch_per_match,
+            "producers": producers,
+            "latency_messages": l,
+            "latency_rate": args.latency_rate,
+            "baseline_latency_ms": base,
+            "p50_ratio_to_baseline": flooded_lat.p50 / base.p50,
+            "p99_ratio_to_baseline": flooded_lat.p99 / base.p99,
+            "flood_left_when_others_done": flood_left,
         }),
     })
 }

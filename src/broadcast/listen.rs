@@ -65,8 +65,10 @@ impl Routes {
                 }
             }
             TOPIC_CONTROL => {
+                // One worker per wake-up: a worker that finds work claims again at once,
+                // and the claim hands other matches to whoever is woken next.
                 if let Some(n) = &self.control {
-                    n.notify_waiters();
+                    n.notify_one();
                 }
             }
             TOPIC_TICK => {

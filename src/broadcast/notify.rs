@@ -77,7 +77,10 @@ impl Notifier {
 
     /// Committed control messages are waiting for a worker.
     pub fn control_ready(&self) {
-        self.control_local.notify_waiters();
+        // One worker per committed batch, not all of them: the woken worker claims until
+        // the queue is empty (a wake-up that reaches a busy worker is passed on to an idle
+        // one when the busy one drops it).
+        self.control_local.notify_one();
         self.lock().control = true;
         self.flush.notify_one();
     }

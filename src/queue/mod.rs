@@ -27,59 +27,103 @@ pub struct ControlRow {
     pub now: DateTime<Utc>,
 }
 
-/// Claims up to `limit` pending control messages, oldest first, skipping matches that are
-/// locked by another worker or ticker, or held after a failure. Returns the claimed rows
-/// and the database's clock.
+/// What one claim took: the rows, the matches whose heads it holds (rows or not), and the
+/// database's clock.
+#[derive(Debug, Default)]
+pub struct Claim {
+    pub rows: Vec<ControlRow>,
+    /// Every match the claim locked; settle them with [`control_heads_settle`] before the
+    /// commit (a head whose rows were all consumed meanwhile has none and is removed there).
+    pub matches: Vec<Uuid>,
+    pub now: DateTime<Utc>,
+}
+
+/// Claims pending control messages fairly across matches: the heads (one per match with
+/// pending rows, see `postgame.control_heads`) of up to `limit` matches, oldest first,
+/// skipping heads locked by another worker (`FOR UPDATE SKIP LOCKED`), matches locked by a
+/// ticker and matches held after a failure; then, of those matches, up to `per_match` rows
+/// each in id order, at most `limit` rows in all (every claimed match gets its first rows
+/// before any match gets more). One match's backlog therefore costs other matches at most
+/// one worker and `per_match` rows per transaction, never their turn.
 pub async fn control_claim(
     conn: &mut PgConnection,
     limit: i64,
-) -> sqlx::Result<(Vec<ControlRow>, DateTime<Utc>)> {
-    // The lock function runs on a bounded window of the oldest rows (a subquery with a
-    // LIMIT is never flattened, so the planner cannot evaluate it on the whole queue),
-    // lazily, until `limit` rows passed. Then the rows are taken from the same window
-    // again, this time every row of the matches we locked, oldest first. Why twice: a
-    // try-lock that fails on a match's first row can succeed on its next one (the holder
-    // committed meanwhile), and taking only the rows after the flip would apply a later
-    // message before an earlier one; rows of the window that the holder applied and
-    // deleted in the meantime drop out at the row lock.
-    let rows = sqlx::query_as!(
-        ControlRow,
+    per_match: i64,
+) -> sqlx::Result<Claim> {
+    // A bitmap scan of the control table for the per-match prefixes reads every row of a
+    // flooded match; the (match_id, id) index scan stops after `per_match`.
+    sqlx::query!("SET LOCAL enable_bitmapscan = off")
+        .execute(&mut *conn)
+        .await?;
+    let heads = sqlx::query!(
         r#"
-        SELECT c.id, c.match_id, c.client_id, c.name, c.data, c.attempts, now() AS "now!"
-        FROM postgame.control c
-        WHERE c.id = ANY(ARRAY(
-            SELECT w.id FROM (
-                SELECT q.id, q.match_id FROM postgame.control q
-                WHERE NOT EXISTS (
-                    SELECT 1 FROM postgame.control_holds h
-                    WHERE h.match_id = q.match_id AND h.until > now())
-                ORDER BY q.id
-                LIMIT $1::int8 * 4
-            ) w
-            WHERE w.match_id = ANY(ARRAY(
-                SELECT l.match_id FROM (
-                    SELECT q.id, q.match_id FROM postgame.control q
-                    WHERE NOT EXISTS (
-                        SELECT 1 FROM postgame.control_holds h
-                        WHERE h.match_id = q.match_id AND h.until > now())
-                    ORDER BY q.id
-                    LIMIT $1::int8 * 4
-                ) l
-                WHERE postgame.try_lock_match(l.match_id)
-                ORDER BY l.id
-                LIMIT $1))
-            ORDER BY w.id
-            LIMIT $1))
-        ORDER BY c.id
-        FOR UPDATE SKIP LOCKED
+        WITH heads AS MATERIALIZED (
+            SELECT h.match_id, h.head FROM postgame.control_heads h
+            WHERE NOT EXISTS (
+                SELECT 1 FROM postgame.control_holds x
+                WHERE x.match_id = h.match_id AND x.until > now())
+            ORDER BY h.head
+            LIMIT $1
+            FOR UPDATE SKIP LOCKED
+        )
+        SELECT match_id AS "match_id!", now() AS "now!" FROM heads
+        WHERE postgame.try_lock_match(match_id)
+        ORDER BY head
         "#,
         limit
     )
     .fetch_all(&mut *conn)
     .await?;
-    // An empty claim has no clock, and needs none.
-    let now = rows.first().map_or_else(Utc::now, |r| r.now);
-    Ok((rows, now))
+    let Some(now) = heads.first().map(|h| h.now) else {
+        return Ok(Claim {
+            now: Utc::now(),
+            ..Claim::default()
+        });
+    };
+    let matches: Vec<Uuid> = heads.into_iter().map(|h| h.match_id).collect();
+    let rows = sqlx::query_as!(
+        ControlRow,
+        r#"
+        SELECT c.id, c.match_id, c.client_id, c.name, c.data, c.attempts, $4::timestamptz AS "now!"
+        FROM postgame.control c
+        WHERE c.id = ANY(ARRAY(
+            SELECT p.id
+            FROM unnest($1::uuid[]) WITH ORDINALITY AS m(match_id, pos)
+            CROSS JOIN LATERAL (
+                SELECT q.id, row_number() OVER (ORDER BY q.id) AS rank
+                FROM (
+                    SELECT q.id FROM postgame.control q
+                    WHERE q.match_id = m.match_id
+                    ORDER BY q.id
+                    LIMIT $2
+                ) q
+            ) p
+            ORDER BY p.rank, m.pos
+            LIMIT $3))
+        ORDER BY c.id
+        FOR UPDATE
+        "#,
+        &matches,
+        per_match.max(1),
+        limit,
+        now
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Claim { rows, matches, now })
+}
+
+/// Moves the heads of claimed matches to their oldest remaining message, or removes them
+/// when none remains (see the migration that made `postgame.control_heads`). Call it last
+/// in the worker transaction, after the processed rows are deleted.
+pub async fn control_heads_settle(conn: &mut PgConnection, matches: &[Uuid]) -> sqlx::Result<()> {
+    if matches.is_empty() {
+        return Ok(());
+    }
+    sqlx::query!("SELECT postgame.control_heads_settle($1)", matches)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Removes processed messages (in the transaction that applied them).

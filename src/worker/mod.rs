@@ -24,13 +24,16 @@ use crate::game::{Input, Registry, PRESENCE_CONNECTED, PRESENCE_DISCONNECTED};
 use crate::ids::{ClientId, MatchId};
 use crate::matches::{matches_load, BatchWrites};
 use crate::queue::{
-    control_claim, control_delete, control_fail, control_holds_clear, ControlRow, Failure,
+    control_claim, control_delete, control_fail, control_heads_settle, control_holds_clear,
+    ControlRow, Failure,
 };
 
 /// Settings of a worker.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub batch_size: i64,
+    /// Most rows of one match in one batch (fairness: see [`control_claim`]).
+    pub batch_per_match: i64,
     pub max_attempts: i32,
     pub poll_interval: Duration,
 }
@@ -38,6 +41,8 @@ pub struct WorkerConfig {
 /// What one [`Worker::run_once`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Outcome {
+    /// Matches whose heads the claim took (with or without rows).
+    pub matches: usize,
     pub claimed: usize,
     pub applied: usize,
     pub failed: usize,
@@ -102,10 +107,17 @@ impl Worker {
     /// Claims and applies one batch in one transaction.
     pub async fn run_once(&self) -> sqlx::Result<Outcome> {
         let mut tx = self.pool.begin().await?;
-        let (rows, now) = control_claim(&mut tx, self.config.batch_size).await?;
+        let claim =
+            control_claim(&mut tx, self.config.batch_size, self.config.batch_per_match).await?;
+        let (rows, now) = (claim.rows, claim.now);
         if rows.is_empty() {
+            // Heads whose rows were consumed meanwhile (or stale ones) are removed here.
+            control_heads_settle(&mut tx, &claim.matches).await?;
             tx.commit().await?;
-            return Ok(Outcome::default());
+            return Ok(Outcome {
+                matches: claim.matches.len(),
+                ..Outcome::default()
+            });
         }
         // Group by match, keeping id order inside each group.
         let mut order: Vec<Uuid> = Vec::new();
@@ -176,6 +188,7 @@ impl Worker {
                 dead += 1;
             }
         }
+        control_heads_settle(&mut tx, &claim.matches).await?;
         tx.commit().await?;
 
         self.notifier.written(&written);
@@ -188,6 +201,7 @@ impl Worker {
         metrics::counter!("postgame_control_dead_total").increment(dead);
         metrics::histogram!("postgame_worker_batch_size").record(rows.len() as f64);
         Ok(Outcome {
+            matches: claim.matches.len(),
             claimed: rows.len(),
             applied: processed.len(),
             failed: failures.len(),
@@ -204,7 +218,7 @@ impl Worker {
         };
         claim_loop::run("worker batch", &wake, &stop, backoff, || async {
             Ok(match self.run_once().await? {
-                o if o.claimed > 0 => Step::Worked,
+                o if o.claimed > 0 || o.matches > 0 => Step::Worked,
                 _ => Step::Idle(self.config.poll_interval),
             })
         })

@@ -50,6 +50,8 @@ async fn a_tiny_queue_run_applies_every_message_once_and_reports_both_enqueue_ra
         matches: 7,
         workers: 3,
         batch_size: 20,
+        batch_per_match: 20,
+        flood: None,
         one_by_one: 40,
         producers: 4,
         latency_messages: 30,

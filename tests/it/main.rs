@@ -13,6 +13,7 @@ mod clock;
 mod concurrency;
 mod edge_safe;
 mod edge_tokens;
+mod fairness;
 mod first_run;
 mod leases;
 mod lobby;

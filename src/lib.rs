@@ -16,6 +16,7 @@
 //! - [`broadcast`]: the message log, NOTIFY/LISTEN wake-ups, fan-out, retention.
 //! - [`gateway`]: HTTP and WebSocket.
 //! - [`bench`]: `postgame bench`, the load generators.
+//! - [`testkit`]: drive a game in a unit test, without a database.
 //!
 //! [`start`] runs the roles of one process; `main.rs` only parses flags and waits for a
 //! signal.
@@ -36,6 +37,7 @@ pub mod matches;
 pub mod queue;
 pub mod setup;
 pub mod store;
+pub mod testkit;
 pub mod ticker;
 pub mod worker;
 

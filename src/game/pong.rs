@@ -323,6 +323,45 @@ impl State {
     }
 }
 
+impl State {
+    /// Checks the rules every reachable state obeys (used by the property tests and the
+    /// fuzzers): `Err` names the first one broken.
+    pub fn check(&self) -> Result<(), String> {
+        let paddles = PADDLE_HALF..=HEIGHT - PADDLE_HALF;
+        for side in Side::BOTH {
+            if !paddles.contains(&self.paddles[side]) {
+                return Err(format!("{side:?} paddle at {}", self.paddles[side]));
+            }
+            if !(-1..=1).contains(&self.dirs[side]) {
+                return Err(format!("{side:?} direction {}", self.dirs[side]));
+            }
+            if self.score[side] > self.points_to_win {
+                return Err(format!(
+                    "{side:?} scored {} of {}",
+                    self.score[side], self.points_to_win
+                ));
+            }
+        }
+        let b = &self.ball;
+        if !(0..=WIDTH).contains(&b.x) || !(0..=HEIGHT).contains(&b.y) {
+            return Err(format!("ball at ({}, {})", b.x, b.y));
+        }
+        if b.vx.abs() > MAX_SPEED_X || b.vy.abs() > MAX_SPEED_Y {
+            return Err(format!("ball speed ({}, {})", b.vx, b.vy));
+        }
+        if self.next_tick.is_some() != (self.status == Status::Playing) {
+            return Err(format!(
+                "next_tick {:?} while {:?}",
+                self.next_tick, self.status
+            ));
+        }
+        if self.winner.is_some() && self.status != Status::Finished {
+            return Err(format!("a winner while {:?}", self.status));
+        }
+        Ok(())
+    }
+}
+
 /// The data of the `state` broadcast; `at` is when the frame was due.
 pub fn public_state(state: &State, at: DateTime<Utc>) -> Value {
     json!({
@@ -539,6 +578,14 @@ fn end(state: &mut State, status: Status, winner: Option<Side>) {
     state.winner = winner;
     state.next_tick = None;
     state.dirs = Sides::default();
+    // The deciding point leaves the ball past a goal line: put it back on the field, at
+    // rest, so the final state draws like any other.
+    state.ball = Ball {
+        x: WIDTH / 2,
+        y: HEIGHT / 2,
+        vx: 0,
+        vy: 0,
+    };
 }
 
 /// Why a control message was refused: the `reason` of a private `rejected` message.

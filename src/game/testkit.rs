@@ -1,17 +1,3 @@
-//! Shared helpers of the games' unit tests: a fixed clock and client ids.
+//! Shared helpers of the games' unit tests: those of the public [`crate::testkit`].
 
-use chrono::{DateTime, TimeZone, Utc};
-
-use crate::ids::ClientId;
-
-/// The fixed "now" every game test starts from.
-pub fn t0() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2030, 1, 2, 3, 4, 5)
-        .single()
-        .expect("a valid date")
-}
-
-/// A client id for a test.
-pub fn id(name: &str) -> ClientId {
-    ClientId::parse(name).expect("a valid client id")
-}
+pub use crate::testkit::{client as id, t0};

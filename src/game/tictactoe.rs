@@ -345,6 +345,58 @@ impl State {
             .and_then(|c| self.connections.get(c))
             .is_some_and(|set| !set.is_empty())
     }
+
+    /// Checks the rules every reachable state obeys (used by the property tests and the
+    /// fuzzers): `Err` names the first one broken.
+    pub fn check(&self) -> Result<(), String> {
+        let count = |m: Mark| self.board.iter().filter(|c| **c == Some(m)).count();
+        let (x, o) = (count(Mark::X), count(Mark::O));
+        let line = winner_of(&self.board);
+        let full = x + o == 9;
+        if x + o != self.move_count as usize {
+            return Err(format!(
+                "{} marks on the board, move_count {}",
+                x + o,
+                self.move_count
+            ));
+        }
+        if x.abs_diff(o) > 1 {
+            return Err(format!("{x} X against {o} O"));
+        }
+        if self.turn_deadline.is_some() != (self.status == Status::Playing) {
+            return Err(format!(
+                "turn_deadline {:?} while {:?}",
+                self.turn_deadline, self.status
+            ));
+        }
+        if self.connections.values().any(BTreeSet::is_empty) {
+            return Err("a client is listed with no connection".into());
+        }
+        if !(1..=3600).contains(&self.turn_seconds) || !(1..=3600).contains(&self.reconnect_seconds)
+        {
+            return Err("a clock setting is out of range".into());
+        }
+        let ok = match self.status {
+            Status::Waiting => self.move_count == 0 && self.winner.is_none(),
+            Status::Playing => {
+                self.winner.is_none()
+                    && line.is_none()
+                    && !full
+                    && Mark::BOTH.iter().all(|&m| self.players[m].is_some())
+            }
+            Status::Won => self.winner.is_some() && (line.is_none() || line == self.winner),
+            Status::Draw => self.winner.is_none() && full && line.is_none(),
+            Status::Abandoned => self.winner.is_none(),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "{:?} with winner {:?}, line {line:?}, {} marks",
+                self.status, self.winner, self.move_count
+            ))
+        }
+    }
 }
 
 /// The mark that owns a complete line, if any.

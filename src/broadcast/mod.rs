@@ -231,9 +231,17 @@ pub struct LatestValue {
 /// name) row. Of several values for one (channel, name) only the last counts. Returns
 /// each channel's highest new version, for the wake-ups.
 ///
-/// Versions come from one sequence, and a row's version never goes down even when two
-/// writers of one row allocate theirs in one order and commit in the other (`greatest`),
-/// so a reader can drop anything not newer than what it has.
+/// Versions are the database's clock in microseconds (`clock_timestamp()`), and a row's
+/// version never goes down even when two writers of one row allocate theirs in one order
+/// and commit in the other (`greatest` with the row's version + 1), so a reader can drop
+/// anything not newer than what it has. Why the clock and not a sequence: the ticker
+/// commits game-loop batches asynchronously, and a crash of Postgres loses the last few
+/// hundred milliseconds of them, the sequence's advance included, while their versions
+/// may already have reached clients; a sequence would then hand out versions that clients
+/// drop as old until it passes its pre-crash value. The clock keeps moving across the
+/// crash (the table is emptied by the crash, so no row's `+ 1` carries an old version
+/// over). It assumes the database host's clock does not step back by more than the
+/// crash's downtime.
 pub async fn latest_write(
     conn: &mut PgConnection,
     values: Vec<NewMessage>,
@@ -258,7 +266,7 @@ pub async fn latest_write(
     let rows = sqlx::query!(
         r#"
         INSERT INTO postgame.latest AS l (channel, name, version, data)
-        SELECT c, n, nextval('postgame.latest_version'), d
+        SELECT c, n, (extract(epoch FROM clock_timestamp()) * 1000000)::int8, d
         FROM unnest($1::text[], $2::text[], $3::jsonb[]) AS u(c, n, d)
         ON CONFLICT (channel, name) DO UPDATE
             SET version = greatest(EXCLUDED.version, l.version + 1), data = EXCLUDED.data,

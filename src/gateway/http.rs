@@ -113,12 +113,24 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
+/// How long `/readyz` waits for the database before it answers 503: a load balancer gets
+/// its answer within a second whether Postgres is up or not (a pool that cannot connect
+/// would otherwise wait its 10 s acquire timeout).
+pub const READYZ_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(800);
+
 pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
-    match crate::store::migrations_current(&app.pool).await {
-        Ok(true) => (StatusCode::OK, "ready").into_response(),
-        Ok(false) => (StatusCode::SERVICE_UNAVAILABLE, "migrations not applied").into_response(),
-        Err(e) => {
+    let check = crate::store::migrations_current(&app.pool);
+    match tokio::time::timeout(READYZ_TIMEOUT, check).await {
+        Ok(Ok(true)) => (StatusCode::OK, "ready").into_response(),
+        Ok(Ok(false)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "migrations not applied").into_response()
+        }
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unreachable").into_response()
+        }
+        Err(_) => {
+            tracing::warn!(timeout = ?READYZ_TIMEOUT, "readiness check timed out");
             (StatusCode::SERVICE_UNAVAILABLE, "database unreachable").into_response()
         }
     }

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod cluster;
 mod helpers;
 mod ledger;
 
@@ -17,6 +18,7 @@ mod fairness;
 mod first_run;
 mod leases;
 mod lobby;
+mod outage;
 mod resilience;
 mod resume;
 mod robustness;

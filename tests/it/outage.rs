@@ -34,7 +34,7 @@ async fn readyz(
 #[tokio::test]
 async fn readyz_answers_at_once_while_postgres_is_down_and_recovers() {
     let cluster = Arc::new(tokio::task::spawn_blocking(Cluster::start).await.unwrap());
-    let mut config = test_config(&cluster.url("postgame"));
+    let mut config = test_config(&cluster.url("postgres"));
     config.roles = vec![Role::Gateway];
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = postgame::start(config, Registry::builtin(), Some(listener))
@@ -74,8 +74,7 @@ async fn readyz_answers_at_once_while_postgres_is_down_and_recovers() {
 #[tokio::test]
 async fn latest_versions_never_go_back_after_a_postgres_crash() {
     let cluster = Arc::new(tokio::task::spawn_blocking(Cluster::start).await.unwrap());
-    let url = cluster.url("postgame");
-    postgame::store::database_ensure(&url).await.unwrap();
+    let url = cluster.url("postgres");
     let pool = PgPoolOptions::new()
         .max_connections(2)
         .connect(&url)

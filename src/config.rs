@@ -356,6 +356,19 @@ pub struct ServeConfig {
     #[arg(long, env = "POSTGAME_BATCH_PER_MATCH", default_value_t = 20)]
     pub batch_per_match: i64,
 
+    /// Publishes one client may make at once, across all its connections and every gateway
+    /// (its token bucket's size); 0 disables the publish rate limit.
+    #[arg(long, env = "POSTGAME_CLIENT_PUBLISH_BURST", default_value_t = 60.0)]
+    pub client_publish_burst: f64,
+
+    /// Publishes per second one client's bucket refills; 0 disables the publish rate limit.
+    #[arg(long, env = "POSTGAME_CLIENT_PUBLISH_RATE", default_value_t = 40.0)]
+    pub client_publish_rate: f64,
+
+    /// Pending control messages one client may have in one match; 0 disables the cap.
+    #[arg(long, env = "POSTGAME_CLIENT_PENDING_MAX", default_value_t = 100)]
+    pub client_pending_max: i64,
+
     /// Attempts of a failing control message before it is dead-lettered.
     #[arg(long, env = "POSTGAME_MAX_ATTEMPTS", default_value_t = 5)]
     pub max_attempts: i32,
@@ -447,6 +460,15 @@ impl ServeConfig {
 
     pub fn runs(&self, role: Role) -> bool {
         self.roles.is_empty() || self.roles.contains(&role)
+    }
+
+    /// The per-client publish limits.
+    pub fn limits(&self) -> crate::queue::publisher::Limits {
+        crate::queue::publisher::Limits {
+            burst: self.client_publish_burst.max(0.0),
+            rate: self.client_publish_rate.max(0.0),
+            pending_max: self.client_pending_max.max(0),
+        }
     }
 
     pub fn poll_interval(&self) -> Duration {

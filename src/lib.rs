@@ -246,6 +246,7 @@ pub async fn start(
             pool.clone(),
             Arc::clone(&notifier),
             2,
+            config.limits(),
             &tasks,
             publisher_stop.clone(),
         );

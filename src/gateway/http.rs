@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::auth::{AuthError, Cap, Identity};
-use super::error::ApiError;
+use super::error::{ApiError, Code};
 use super::{prepare_publish, AppState};
 use crate::broadcast::history_read;
 use crate::game::Creation;
@@ -342,6 +342,8 @@ pub async fn channel_publish_handler(
         .await
         .map_err(|e| match e {
             PublishError::MatchNotFound => ApiError::not_found("no such match"),
+            PublishError::RateLimited(m) => ApiError::Client(Code::RateLimited, m),
+            PublishError::Invalid(m) => ApiError::bad_request(m),
             e => ApiError::Internal(e.into()),
         })?;
     Ok((

@@ -399,6 +399,12 @@ impl Session {
                             Err(PublishError::MatchNotFound) => {
                                 frames::error(&id, Code::NotFound, "no such match")
                             }
+                            Err(PublishError::RateLimited(m)) => {
+                                frames::error(&id, Code::RateLimited, &m)
+                            }
+                            Err(PublishError::Invalid(m)) => {
+                                frames::error(&id, Code::BadRequest, &m)
+                            }
                             Err(e) => frames::error(&id, Code::Internal, &e.to_string()),
                         }
                     }));

@@ -4,10 +4,19 @@
 //! messages into the control queue, other publishes into the message log, idempotency keys
 //! beside them. Each publisher gets its `ack` only after that commit.
 //!
-//! A batch that fails is retried one publish per transaction, so one bad publish fails
-//! alone and never takes its neighbours with it.
+//! Every string of a publish is checked before it reaches Postgres (a NUL character is
+//! refused as [`PublishError::Invalid`]); a batch that still fails on a statement is split
+//! in halves and retried, so one bad publish fails alone and never takes its neighbours
+//! with it.
+//!
+//! Per-client limits are enforced inside the batch transaction, in Postgres, so they hold
+//! across connections and gateways: a token bucket per client (`postgame.client_buckets`)
+//! and a cap on a client's pending control messages per match. Over a limit a publish is
+//! refused with [`PublishError::RateLimited`]; nothing acknowledged is ever dropped.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -51,21 +60,60 @@ pub struct Ack {
 pub enum PublishError {
     #[error("match not found")]
     MatchNotFound,
+    /// Over a per-client limit (the contract's `rate_limited`).
+    #[error("{0}")]
+    RateLimited(String),
+    /// The publish itself is bad (the contract's `bad_request`), e.g. a NUL character.
+    #[error("{0}")]
+    Invalid(String),
     #[error("the publish could not be committed")]
     Internal,
     #[error("the server is shutting down")]
     ShuttingDown,
 }
 
+/// Per-client publish limits; see the module docs. Zero disables a limit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Publishes a client may make at once (the bucket's size).
+    pub burst: f64,
+    /// Publishes per second a client's bucket refills.
+    pub rate: f64,
+    /// Pending control messages one client may have in one match.
+    pub pending_max: i64,
+}
+
+impl Limits {
+    /// No limit at all (benchmarks, embedding).
+    pub const NONE: Limits = Limits {
+        burst: 0.0,
+        rate: 0.0,
+        pending_max: 0,
+    };
+
+    fn bucket_on(&self) -> bool {
+        self.burst > 0.0 && self.rate > 0.0
+    }
+}
+
 struct Job {
     req: PublishRequest,
+    /// The connection (or client) whose order this publish keeps.
+    order_key: u64,
+    /// Position among the shard's submissions (see [`Poison`]).
+    ticket: u64,
     reply: oneshot::Sender<Result<Ack, PublishError>>,
+}
+
+struct Shard {
+    tx: mpsc::Sender<Job>,
+    tickets: Arc<AtomicU64>,
 }
 
 /// Handle to the shard tasks; cheap to clone.
 #[derive(Clone)]
 pub struct Publisher {
-    shards: Arc<Vec<mpsc::Sender<Job>>>,
+    shards: Arc<Vec<Shard>>,
 }
 
 impl Publisher {
@@ -75,17 +123,26 @@ impl Publisher {
         pool: PgPool,
         notifier: Arc<Notifier>,
         shards: usize,
+        limits: Limits,
         tracker: &TaskTracker,
         stop: CancellationToken,
     ) -> Self {
         let mut senders = Vec::new();
         for _ in 0..shards.max(1) {
             let (tx, rx) = mpsc::channel(SHARD_QUEUE);
-            senders.push(tx);
+            let tickets = Arc::new(AtomicU64::new(0));
+            senders.push(Shard {
+                tx,
+                tickets: Arc::clone(&tickets),
+            });
             tracker.spawn(shard_run(
-                pool.clone(),
-                Arc::clone(&notifier),
+                Ctx {
+                    pool: pool.clone(),
+                    notifier: Arc::clone(&notifier),
+                    limits,
+                },
                 rx,
+                tickets,
                 stop.clone(),
             ));
         }
@@ -103,7 +160,14 @@ impl Publisher {
     ) -> impl std::future::Future<Output = Result<Ack, PublishError>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
         let shard = &self.shards[(order_key % self.shards.len() as u64) as usize];
-        let sent = shard.send(Job { req, reply }).await.is_ok();
+        let ticket = shard.tickets.fetch_add(1, SeqCst);
+        let job = Job {
+            req,
+            order_key,
+            ticket,
+            reply,
+        };
+        let sent = shard.tx.send(job).await.is_ok();
         async move {
             if !sent {
                 return Err(PublishError::ShuttingDown);
@@ -118,13 +182,62 @@ impl Publisher {
     }
 }
 
-async fn shard_run(
+/// What a shard task works with.
+struct Ctx {
     pool: PgPool,
     notifier: Arc<Notifier>,
+    limits: Limits,
+}
+
+/// The refusal rule: once a publish of a connection is refused with `internal` (its batch
+/// could not be committed), every publish of that connection the shard had already taken
+/// in (a smaller ticket) is refused too, so none of them commits ahead of the refused one
+/// and a resend restores the connection's order. Entries are dropped once the shard's queue
+/// is empty (no ticket below the mark can still arrive).
+#[derive(Default)]
+struct Poison {
+    /// order key → every ticket below this one is refused.
+    marks: HashMap<u64, u64>,
+    /// The shard's ticket counter.
+    tickets: Option<Arc<AtomicU64>>,
+}
+
+impl Poison {
+    fn refuses(&self, job: &Job) -> bool {
+        self.marks
+            .get(&job.order_key)
+            .is_some_and(|mark| job.ticket < *mark)
+    }
+
+    fn refuse(&mut self, order_key: u64, up_to: u64) {
+        let mark = self.marks.entry(order_key).or_default();
+        *mark = (*mark).max(up_to);
+    }
+}
+
+async fn shard_run(
+    ctx: Ctx,
     mut rx: mpsc::Receiver<Job>,
+    tickets: Arc<AtomicU64>,
     stop: CancellationToken,
 ) {
+    let mut poison = Poison::default();
+    let mut received = 0u64;
+    let mut pruned = std::time::Instant::now();
     loop {
+        // Nothing queued and no ticket in transit: no job a mark covers can still come.
+        if !poison.marks.is_empty() && rx.is_empty() && tickets.load(SeqCst) == received {
+            poison.marks.clear();
+        }
+        if ctx.limits.bucket_on() && pruned.elapsed() > std::time::Duration::from_secs(60) {
+            pruned = std::time::Instant::now();
+            if let Err(e) = sqlx::query("SELECT postgame.client_buckets_prune()")
+                .execute(&ctx.pool)
+                .await
+            {
+                tracing::warn!(error = %e, "pruning client buckets failed");
+            }
+        }
         let first = tokio::select! {
             job = rx.recv() => match job { Some(j) => j, None => return },
             _ = stop.cancelled() => {
@@ -140,32 +253,88 @@ async fn shard_run(
                 Err(_) => break,
             }
         }
-        commit_jobs(&pool, &notifier, jobs).await;
+        received += jobs.len() as u64;
+        // The mark of a refusal covers every ticket handed out so far: those jobs were
+        // submitted before the refusal, whether or not they are in this batch yet.
+        poison.tickets = Some(Arc::clone(&tickets));
+        let mut live = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            if poison.refuses(&job) {
+                let _ = job.reply.send(Err(PublishError::Internal));
+            } else {
+                live.push(job);
+            }
+        }
+        if !live.is_empty() {
+            commit_jobs(&ctx, live, &mut poison).await;
+        }
     }
 }
 
-async fn commit_jobs(pool: &PgPool, notifier: &Notifier, jobs: Vec<Job>) {
+/// Commits `jobs`, splitting the batch in halves after a statement error so that only the
+/// culprit fails; a lost connection or an unknown outcome refuses them all (see
+/// [`commit_batch_checked`] and [`Poison`]).
+async fn commit_jobs(ctx: &Ctx, jobs: Vec<Job>, poison: &mut Poison) {
+    let jobs: Vec<Job> = jobs
+        .into_iter()
+        .filter_map(|job| {
+            if poison.refuses(&job) {
+                let _ = job.reply.send(Err(PublishError::Internal));
+                None
+            } else {
+                Some(job)
+            }
+        })
+        .collect();
+    if jobs.is_empty() {
+        return;
+    }
     let reqs: Vec<&PublishRequest> = jobs.iter().map(|j| &j.req).collect();
-    match commit_batch(pool, &reqs).await {
+    match commit_batch_checked(&ctx.pool, &reqs, &ctx.limits).await {
         Ok(done) => {
-            after_commit(notifier, &done);
+            after_commit(&ctx.notifier, &done);
             for (job, result) in jobs.into_iter().zip(done.results) {
                 let _ = job.reply.send(result);
             }
         }
-        Err(e) if jobs.len() == 1 => {
-            tracing::error!(error = %e, channel = %jobs[0].req.channel, "publish failed");
-            metrics::counter!("postgame_publish_errors_total").increment(1);
+        Err(e) if jobs.len() == 1 && is_data_error(&e) => {
+            tracing::info!(error = %e, channel = %jobs[0].req.channel, "publish refused");
             for job in jobs {
+                let _ = job
+                    .reply
+                    .send(Err(PublishError::Invalid("the publish is invalid".into())));
+            }
+        }
+        Err(e) if jobs.len() > 1 && is_statement_error(&e) => {
+            tracing::warn!(error = %e, n = jobs.len(), "publish batch failed; retrying in halves");
+            let mut jobs = jobs;
+            let second = jobs.split_off(jobs.len() / 2);
+            Box::pin(commit_jobs(ctx, jobs, poison)).await;
+            Box::pin(commit_jobs(ctx, second, poison)).await;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, n = jobs.len(), "publish failed");
+            metrics::counter!("postgame_publish_errors_total").increment(jobs.len() as u64);
+            for job in jobs {
+                let up_to = poison.tickets.as_ref().map_or(u64::MAX, |t| t.load(SeqCst));
+                poison.refuse(job.order_key, up_to);
                 let _ = job.reply.send(Err(PublishError::Internal));
             }
         }
-        Err(e) => {
-            tracing::warn!(error = %e, n = jobs.len(), "publish batch failed; retrying one by one");
-            for job in jobs {
-                Box::pin(commit_jobs(pool, notifier, vec![job])).await;
-            }
-        }
+    }
+}
+
+/// A statement failed (the database answered): another split of the batch may pass.
+fn is_statement_error(e: &CommitError) -> bool {
+    matches!(e, CommitError::Sql(sqlx::Error::Database(_)))
+}
+
+/// The database refused the data itself (SQLSTATE class 22, e.g. an untranslatable
+/// character): the sender's problem.
+fn is_data_error(e: &CommitError) -> bool {
+    match e {
+        CommitError::Sql(sqlx::Error::Database(d)) => d.code().is_some_and(|c| c.starts_with("22")),
+        _ => false,
     }
 }
 
@@ -188,14 +357,150 @@ pub struct Committed {
 type KeyId = (String, String, String);
 
 /// Writes a batch of publishes in one transaction; see the module docs.
-pub async fn commit_batch(pool: &PgPool, reqs: &[&PublishRequest]) -> sqlx::Result<Committed> {
+pub async fn commit_batch(
+    pool: &PgPool,
+    reqs: &[&PublishRequest],
+) -> Result<Committed, CommitError> {
+    commit_batch_checked(pool, reqs, &Limits::NONE).await
+}
+
+/// Why a batch did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// Nothing of the batch was committed.
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+    /// The COMMIT failed and its outcome could not be learnt: the batch may or may not
+    /// have been committed.
+    #[error("the outcome of the commit is unknown: {0}")]
+    Unknown(sqlx::Error),
+}
+
+/// Test hook: the next successful COMMIT is reported as failed (as when the connection
+/// drops after the server committed), to exercise the outcome check.
+#[doc(hidden)]
+pub static TEST_LOSE_NEXT_COMMIT_REPLY: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Writes a batch (see [`write_batch`]) and commits it. A COMMIT that fails is never
+/// taken for a rollback: the transaction's id, recorded before, is looked up on another
+/// connection (`txid_status`). Committed: the batch's results stand. Aborted: nothing was
+/// written. Still unknown after a while: [`CommitError::Unknown`].
+pub async fn commit_batch_checked(
+    pool: &PgPool,
+    reqs: &[&PublishRequest],
+    limits: &Limits,
+) -> Result<Committed, CommitError> {
     let mut tx = pool.begin().await?;
-    let conn: &mut PgConnection = &mut tx;
+    let (done, txid, pid) = write_batch(&mut tx, reqs, limits).await?;
+    let mut result = tx.commit().await;
+    if result.is_ok()
+        && TEST_LOSE_NEXT_COMMIT_REPLY.swap(false, std::sync::atomic::Ordering::SeqCst)
+    {
+        result = Err(sqlx::Error::Protocol(
+            "test: the COMMIT reply was lost".into(),
+        ));
+    }
+    let Err(e) = result else {
+        return Ok(done);
+    };
+    match commit_outcome(pool, txid, pid).await {
+        Some(true) => {
+            tracing::warn!(error = %e, txid, "the COMMIT failed on the wire but had committed");
+            Ok(done)
+        }
+        Some(false) => Err(CommitError::Sql(e)),
+        None => Err(CommitError::Unknown(e)),
+    }
+}
+
+/// Whether transaction `txid` committed (`None`: unknown). A transaction still in
+/// progress after 5 s (its backend has not noticed the lost connection) has its backend
+/// terminated, which settles it.
+async fn commit_outcome(pool: &PgPool, txid: i64, pid: i32) -> Option<bool> {
+    let started = std::time::Instant::now();
+    let mut terminated = false;
+    loop {
+        let status: Option<String> = match sqlx::query_scalar("SELECT txid_status($1)")
+            .bind(txid)
+            .fetch_one(pool)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, txid, "cannot learn the outcome of a commit");
+                if started.elapsed() > std::time::Duration::from_secs(10) {
+                    return None;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        match status.as_deref() {
+            Some("committed") => return Some(true),
+            Some("aborted") => return Some(false),
+            Some("in progress") => {
+                if started.elapsed() > std::time::Duration::from_secs(5) && !terminated {
+                    terminated = true;
+                    let _ = sqlx::query("SELECT pg_terminate_backend($1)")
+                        .bind(pid)
+                        .execute(pool)
+                        .await;
+                } else if started.elapsed() > std::time::Duration::from_secs(15) {
+                    return None;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// The first string of a publish Postgres could not store (a NUL character), if any.
+fn invalid(r: &PublishRequest) -> Option<String> {
+    fn has_nul(v: &Value) -> bool {
+        match v {
+            Value::String(s) => s.contains('\0'),
+            Value::Array(a) => a.iter().any(has_nul),
+            Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+            _ => false,
+        }
+    }
+    let field = if r.name.contains('\0') {
+        "name"
+    } else if r.key.as_deref().is_some_and(|k| k.contains('\0')) {
+        "key"
+    } else if r.client.as_ref().is_some_and(|c| c.as_str().contains('\0')) {
+        "client"
+    } else if has_nul(&r.data) {
+        "data"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "`{field}` may not contain the NUL character (\\u0000)"
+    ))
+}
+
+/// Whether a publish counts against its client's limits: a client's own publishes, not
+/// the server's presence messages (`$` names).
+fn limited(r: &PublishRequest) -> bool {
+    r.client.is_some() && !r.name.starts_with('$')
+}
+
+/// Writes a batch of publishes in one transaction (not committed); returns the results,
+/// the transaction's id and its backend's pid.
+async fn write_batch(
+    conn: &mut PgConnection,
+    reqs: &[&PublishRequest],
+    limits: &Limits,
+) -> sqlx::Result<(Committed, i64, i32)> {
+    let bad: Vec<Option<String>> = reqs.iter().map(|r| invalid(r)).collect();
 
     // 1. Lock every target in one global order (matches, then channels, each sorted).
     let mut match_ids = BTreeSet::new();
     let mut log_channels = BTreeSet::new();
-    for r in reqs {
+    for (r, _) in reqs.iter().zip(&bad).filter(|(_, b)| b.is_none()) {
         match r.channel.kind() {
             ChannelKind::Control(m) => {
                 match_ids.insert(m.0);
@@ -207,7 +512,7 @@ pub async fn commit_batch(pool: &PgPool, reqs: &[&PublishRequest]) -> sqlx::Resu
     }
     let match_ids: Vec<Uuid> = match_ids.into_iter().collect();
     let log_channels: Vec<String> = log_channels.into_iter().collect();
-    let existing = publish_targets_lock(conn, &match_ids, &log_channels).await?;
+    let (existing, txid, pid) = publish_targets_lock(conn, &match_ids, &log_channels).await?;
 
     // 2. Idempotency: keys seen in earlier transactions, and repeats inside this batch.
     let key_of = |r: &PublishRequest| -> Option<KeyId> {
@@ -217,12 +522,32 @@ pub async fn commit_batch(pool: &PgPool, reqs: &[&PublishRequest]) -> sqlx::Resu
             r.key.clone()?,
         ))
     };
-    let keyed: Vec<KeyId> = reqs.iter().filter_map(|r| key_of(r)).collect();
+    let keyed: Vec<KeyId> = reqs
+        .iter()
+        .zip(&bad)
+        .filter(|(_, b)| b.is_none())
+        .filter_map(|(r, _)| key_of(r))
+        .collect();
     let known: HashMap<KeyId, i64> = if keyed.is_empty() {
         HashMap::new()
     } else {
         publish_keys_find(conn, &keyed).await?
     };
+
+    // 3. Per-client limits, for what would be written (not refused, not a known key).
+    let candidates: Vec<usize> = (0..reqs.len())
+        .filter(|&i| {
+            let r = reqs[i];
+            bad[i].is_none()
+                && limited(r)
+                && match r.channel.kind() {
+                    ChannelKind::Control(m) => existing.contains(&m.0),
+                    _ => true,
+                }
+                && !key_of(r).is_some_and(|k| known.contains_key(&k))
+        })
+        .collect();
+    let over = limits_apply(conn, reqs, &candidates, limits).await?;
 
     enum Plan {
         Done(Result<Ack, PublishError>),
@@ -235,6 +560,10 @@ pub async fn commit_batch(pool: &PgPool, reqs: &[&PublishRequest]) -> sqlx::Resu
     let mut control_n = 0;
     let mut log_msgs = Vec::new();
     for (i, r) in reqs.iter().enumerate() {
+        if let Some(why) = &bad[i] {
+            plans.push(Plan::Done(Err(PublishError::Invalid(why.clone()))));
+            continue;
+        }
         if let ChannelKind::Control(m) = r.channel.kind() {
             if !existing.contains(&m.0) {
                 plans.push(Plan::Done(Err(PublishError::MatchNotFound)));
@@ -253,7 +582,15 @@ pub async fn commit_batch(pool: &PgPool, reqs: &[&PublishRequest]) -> sqlx::Resu
                 plans.push(Plan::SameAs(*first));
                 continue;
             }
+            if let Some(why) = over.get(&i) {
+                plans.push(Plan::Done(Err(PublishError::RateLimited(why.clone()))));
+                continue;
+            }
             first_of_key.insert(k, i);
+        }
+        if let Some(why) = over.get(&i) {
+            plans.push(Plan::Done(Err(PublishError::RateLimited(why.clone()))));
+            continue;
         }
         if matches!(r.channel.kind(), ChannelKind::Control(_)) {
             plans.push(Plan::Control(control_n));
@@ -317,12 +654,121 @@ pub async fn commit_batch(pool: &PgPool, reqs: &[&PublishRequest]) -> sqlx::Resu
     if !new_keys.is_empty() {
         publish_keys_insert(conn, &new_keys).await?;
     }
-    tx.commit().await?;
-    Ok(Committed {
-        results,
-        heads,
-        control_inserted: control_n > 0,
-    })
+    Ok((
+        Committed {
+            results,
+            heads,
+            control_inserted: control_n > 0,
+        },
+        txid,
+        pid,
+    ))
+}
+
+/// Applies the per-client limits to the publishes `candidates` (indexes into `reqs`, in
+/// batch order): first the cap on pending control messages per (client, match), then the
+/// client's token bucket, both in Postgres under row locks, so every gateway shares them.
+/// Returns the refused ones with the reason.
+async fn limits_apply(
+    conn: &mut PgConnection,
+    reqs: &[&PublishRequest],
+    candidates: &[usize],
+    limits: &Limits,
+) -> sqlx::Result<HashMap<usize, String>> {
+    let mut over = HashMap::new();
+    if candidates.is_empty() {
+        return Ok(over);
+    }
+    let client = |i: usize| {
+        reqs[i]
+            .client
+            .as_ref()
+            .map_or("", |c| c.as_str())
+            .to_owned()
+    };
+    let mut passing: Vec<usize> = candidates.to_vec();
+    if limits.pending_max > 0 {
+        let mut pairs: BTreeSet<(Uuid, String)> = BTreeSet::new();
+        for &i in candidates {
+            if let ChannelKind::Control(m) = reqs[i].channel.kind() {
+                pairs.insert((m.0, client(i)));
+            }
+        }
+        if !pairs.is_empty() {
+            let (ms, cs): (Vec<Uuid>, Vec<String>) = pairs.into_iter().unzip();
+            let rows = sqlx::query!(
+                r#"
+                SELECT u.match_id AS "match_id!", u.client_id AS "client_id!",
+                       (SELECT count(*) FROM (
+                           SELECT 1 FROM postgame.control c
+                           WHERE c.match_id = u.match_id AND c.client_id = u.client_id
+                           LIMIT $3) p) AS "pending!"
+                FROM unnest($1::uuid[], $2::text[]) AS u(match_id, client_id)
+                "#,
+                &ms,
+                &cs,
+                limits.pending_max
+            )
+            .fetch_all(&mut *conn)
+            .await?;
+            let mut pending: HashMap<(Uuid, String), i64> = rows
+                .into_iter()
+                .map(|r| ((r.match_id, r.client_id), r.pending))
+                .collect();
+            passing.retain(|&i| {
+                let ChannelKind::Control(m) = reqs[i].channel.kind() else {
+                    return true;
+                };
+                let n = pending.entry((m.0, client(i))).or_default();
+                if *n >= limits.pending_max {
+                    over.insert(
+                        i,
+                        format!(
+                            "too many pending messages in this match (at most {})",
+                            limits.pending_max
+                        ),
+                    );
+                    return false;
+                }
+                *n += 1;
+                true
+            });
+        }
+    }
+    if limits.bucket_on() && !passing.is_empty() {
+        let mut wants: std::collections::BTreeMap<String, i32> = Default::default();
+        for &i in &passing {
+            *wants.entry(client(i)).or_default() += 1;
+        }
+        let (cs, ns): (Vec<String>, Vec<i32>) = wants.into_iter().unzip();
+        let rows = sqlx::query!(
+            r#"SELECT client_id AS "client_id!", granted AS "granted!"
+               FROM postgame.client_take($1, $2, $3, $4)"#,
+            &cs,
+            &ns,
+            limits.burst,
+            limits.rate
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut granted: HashMap<String, i32> =
+            rows.into_iter().map(|r| (r.client_id, r.granted)).collect();
+        for &i in &passing {
+            let g = granted.entry(client(i)).or_default();
+            if *g > 0 {
+                *g -= 1;
+            } else {
+                over.insert(
+                    i,
+                    format!(
+                        "too many publishes (at most {} at once and {} per second)",
+                        limits.burst, limits.rate
+                    ),
+                );
+            }
+        }
+    }
+    Ok(over)
 }
 
 /// Takes the publish locks (matches, then channels, each in sorted order: one global
@@ -331,7 +777,7 @@ async fn publish_targets_lock(
     conn: &mut PgConnection,
     match_ids: &[Uuid],
     channels: &[String],
-) -> sqlx::Result<HashSet<Uuid>> {
+) -> sqlx::Result<(HashSet<Uuid>, i64, i32)> {
     let row = sqlx::query!(
         r#"
         SELECT
@@ -339,14 +785,16 @@ async fn publish_targets_lock(
              FROM (SELECT DISTINCT id FROM unnest($1::uuid[]) AS t(id) ORDER BY id) a) AS m,
           (SELECT bool_and(postgame.lock_channel_publish(c))
              FROM (SELECT DISTINCT c FROM unnest($2::text[]) AS t(c) ORDER BY c) b) AS c,
-          ARRAY(SELECT id FROM postgame.matches WHERE id = ANY($1)) AS "existing!"
+          ARRAY(SELECT id FROM postgame.matches WHERE id = ANY($1)) AS "existing!",
+          txid_current() AS "txid!",
+          pg_backend_pid() AS "pid!"
         "#,
         match_ids,
         channels
     )
     .fetch_one(conn)
     .await?;
-    Ok(row.existing.into_iter().collect())
+    Ok((row.existing.into_iter().collect(), row.txid, row.pid))
 }
 
 async fn publish_keys_find(

@@ -192,6 +192,11 @@ pub fn test_config(db_url: &str) -> ServeConfig {
     c.db_connections = 6;
     c.workers = 2;
     c.poll_seconds = 0.5;
+    // Floods of the concurrency tests go far beyond a client's limits; tests/it/limits.rs
+    // turns them on.
+    c.client_publish_burst = 0.0;
+    c.client_publish_rate = 0.0;
+    c.client_pending_max = 0;
     c
 }
 

@@ -17,6 +17,7 @@ mod edge_tokens;
 mod fairness;
 mod first_run;
 mod leases;
+mod limits;
 mod lobby;
 mod outage;
 mod resilience;

@@ -10,14 +10,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --bin postgame
+TARGET="${CARGO_TARGET_DIR:-$PWD/target}"
+BIN="$TARGET/debug/postgame"
 if [ -z "${DATABASE_URL:-}" ]; then
-  DATA_DIR="$PWD/target/test-pgdata"
-  DATABASE_URL="$(target/debug/postgame cluster start --if-needed --data-dir "$DATA_DIR")"
+  DATA_DIR="$TARGET/test-pgdata"
+  DATABASE_URL="$("$BIN" cluster start --if-needed --data-dir "$DATA_DIR")"
   export DATABASE_URL
   case "$DATABASE_URL" in
     *"host=%2F"*)
       echo "--- tests run on a private PostgreSQL cluster in $DATA_DIR"
-      trap 'target/debug/postgame cluster stop --data-dir "$DATA_DIR" >/dev/null' EXIT ;;
+      trap '"$BIN" cluster stop --data-dir "$DATA_DIR" >/dev/null' EXIT ;;
   esac
 fi
 cargo test

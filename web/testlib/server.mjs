@@ -8,7 +8,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const BIN = process.env.POSTGAME_BIN || path.join(ROOT, 'target/debug/postgame');
+const BIN =
+  process.env.POSTGAME_BIN || path.join(process.env.CARGO_TARGET_DIR || path.join(ROOT, 'target'), 'debug/postgame');
 // The server of DATABASE_URL (run-tests.sh sets it); each test server gets a database of
 // its own there.
 const BASE_URL = process.env.DATABASE_URL || 'postgres://postgres@localhost:5432/postgame';

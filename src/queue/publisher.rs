@@ -376,11 +376,40 @@ pub enum CommitError {
     Unknown(sqlx::Error),
 }
 
-/// Test hook: the next successful COMMIT is reported as failed (as when the connection
-/// drops after the server committed), to exercise the outcome check.
+/// Test hook: the channel whose next successful COMMIT is reported as failed (as when the
+/// connection drops after the server committed), to exercise the outcome check.
+static TEST_LOSE_COMMIT_REPLY: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Test hook: the next batch with a publish on `channel` commits, and then its COMMIT is
+/// reported as failed.
 #[doc(hidden)]
-pub static TEST_LOSE_NEXT_COMMIT_REPLY: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
+pub fn test_lose_commit_reply(channel: &str) {
+    *TEST_LOSE_COMMIT_REPLY
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some(channel.to_owned());
+}
+
+/// Test hook: whether [`test_lose_commit_reply`] is still waiting for its batch.
+#[doc(hidden)]
+pub fn test_lose_commit_reply_pending() -> bool {
+    TEST_LOSE_COMMIT_REPLY
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_some()
+}
+
+fn test_commit_reply_lost(reqs: &[&PublishRequest]) -> bool {
+    let mut hook = TEST_LOSE_COMMIT_REPLY
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let hit = hook
+        .as_deref()
+        .is_some_and(|c| reqs.iter().any(|r| r.channel.as_str() == c));
+    if hit {
+        *hook = None;
+    }
+    hit
+}
 
 /// Writes a batch (see [`write_batch`]) and commits it. A COMMIT that fails is never
 /// taken for a rollback: the transaction's id, recorded before, is looked up on another
@@ -394,9 +423,7 @@ pub async fn commit_batch_checked(
     let mut tx = pool.begin().await?;
     let (done, txid, pid) = write_batch(&mut tx, reqs, limits).await?;
     let mut result = tx.commit().await;
-    if result.is_ok()
-        && TEST_LOSE_NEXT_COMMIT_REPLY.swap(false, std::sync::atomic::Ordering::SeqCst)
-    {
+    if result.is_ok() && test_commit_reply_lost(reqs) {
         result = Err(sqlx::Error::Protocol(
             "test: the COMMIT reply was lost".into(),
         ));

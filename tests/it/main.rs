@@ -7,6 +7,7 @@ mod cluster;
 mod helpers;
 mod ledger;
 
+mod ambiguous;
 mod bench;
 mod bench_ticks;
 mod capabilities;

@@ -1,0 +1,127 @@
+//! Exactly-once through ambiguous commits: a publish whose COMMIT fails on the wire is
+//! never written twice, and a refused publish is never overtaken by the later publishes of
+//! its connection that were already in flight.
+
+use serde_json::{json, Value};
+
+use crate::helpers::{TestApp, TestDb};
+use crate::ledger;
+
+async fn seen(app: &TestApp, id: &str) -> Vec<(String, i64, i64)> {
+    let state: Value = sqlx::query_scalar("SELECT state FROM postgame.matches WHERE id = $1::uuid")
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    serde_json::from_value(state["seen"].clone()).unwrap()
+}
+
+#[tokio::test]
+async fn a_commit_whose_reply_is_lost_is_acked_once_and_applied_once() {
+    let (_db, opts) = TestDb::new().await;
+    let app = TestApp::spawn_with(opts, ledger::games(), |_| {}).await;
+    let id = app.create_match(&app.token("s"), "ledger", json!({})).await;
+    let control = format!("control:{id}");
+    // The server commits, then the reply to COMMIT is lost (as when the connection drops
+    // right after the commit record): the publisher must find out that it committed.
+    postgame::queue::publisher::test_lose_commit_reply(&control);
+    let mut alice = app.ws(&app.token("alice")).await;
+    let ack = alice.publish(&control, "n", json!({"n": 1})).await;
+    assert_eq!(ack["op"], "ack", "{ack}");
+    assert!(
+        !postgame::queue::publisher::test_lose_commit_reply_pending(),
+        "the hook was not reached"
+    );
+    let ack2 = alice.publish(&control, "n", json!({"n": 2})).await;
+    assert_eq!(ack2["op"], "ack", "{ack2}");
+    app.wait_until("SELECT NOT EXISTS (SELECT 1 FROM postgame.control)")
+        .await;
+    let ns: Vec<i64> = seen(&app, &id).await.iter().map(|s| s.1).collect();
+    assert_eq!(ns, [1, 2], "applied once each, in order");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_backend_terminated_during_commit_writes_nothing_and_later_publishes_do_not_overtake() {
+    let (_db, opts) = TestDb::new().await;
+    let app = TestApp::spawn_with(opts, ledger::games(), |_| {}).await;
+    let id = app.create_match(&app.token("s"), "ledger", json!({})).await;
+    let control = format!("control:{id}");
+    // A deferred trigger runs inside COMMIT: a message named `slow` makes the COMMIT sleep,
+    // so the test can terminate the publisher's backend exactly then.
+    for sql in [
+        "CREATE FUNCTION public.slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.name = 'slow' THEN PERFORM pg_sleep(60); END IF; RETURN NULL; END $$",
+        "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON postgame.control
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.slow_commit()",
+    ] {
+        sqlx::query(sql).execute(&app.pool).await.unwrap();
+    }
+    let mut alice = app.ws(&app.token("alice")).await;
+    alice
+        .send(
+            json!({"op": "publish", "id": 1, "channel": control, "name": "slow",
+                     "data": {"n": 1}}),
+        )
+        .await;
+    // Wait until that COMMIT sleeps, then publish more on the same connection: they are
+    // in flight behind the first one.
+    let pid: i32 = loop {
+        let pid: Option<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity
+             WHERE query = 'COMMIT' AND wait_event = 'PgSleep' AND datname = current_database()",
+        )
+        .fetch_optional(&app.pool)
+        .await
+        .unwrap();
+        if let Some(pid) = pid {
+            break pid;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    for n in 2..=3 {
+        alice
+            .send(
+                json!({"op": "publish", "id": n, "channel": control, "name": "n",
+                         "data": {"n": n}}),
+            )
+            .await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(killed);
+    for n in 1..=3u64 {
+        let r = alice.reply(n).await;
+        assert_eq!(r["op"], "error", "publish {n}: {r}");
+        assert_eq!(r["code"], "internal", "publish {n}: {r}");
+    }
+    // Nothing of the refused publishes was written, so resending restores the order.
+    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM postgame.control")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(queued, 0);
+    sqlx::query("DROP TRIGGER slow_commit ON postgame.control")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    for n in 1..=3 {
+        let ack = alice
+            .publish(&control, if n == 1 { "slow" } else { "n" }, json!({"n": n}))
+            .await;
+        assert_eq!(ack["op"], "ack", "{ack}");
+    }
+    app.wait_until("SELECT NOT EXISTS (SELECT 1 FROM postgame.control)")
+        .await;
+    let ns: Vec<i64> = seen(&app, &id).await.iter().map(|s| s.1).collect();
+    assert_eq!(
+        ns,
+        [1, 2, 3],
+        "applied once each, in the connection's order"
+    );
+    app.shutdown().await;
+}

@@ -435,6 +435,15 @@ pub struct ServeConfig {
     #[arg(long, env = "POSTGAME_LEASE_SECONDS", default_value_t = 5.0)]
     pub lease_seconds: f64,
 
+    /// Seconds a gateway may miss its heartbeat before any other postgame process
+    /// disconnects its connections (`$disconnected` into their matches).
+    #[arg(
+        long,
+        env = "POSTGAME_PRESENCE_TIMEOUT_SECONDS",
+        default_value_t = 10.0
+    )]
+    pub presence_timeout_seconds: f64,
+
     /// Longest statement of this process's connections (`statement_timeout`), in seconds.
     #[arg(
         long,
@@ -485,6 +494,10 @@ impl ServeConfig {
 
     pub fn write_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.write_timeout_seconds.clamp(0.05, 86_400.0))
+    }
+
+    pub fn presence_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.presence_timeout_seconds.clamp(1.0, 86_400.0))
     }
 
     /// The session limits of this process's connections.

@@ -34,6 +34,7 @@ pub mod gateway;
 pub mod ids;
 pub mod lease;
 pub mod matches;
+pub mod presence;
 pub mod queue;
 pub mod setup;
 pub mod store;
@@ -174,6 +175,8 @@ pub async fn start(
     store::migrate(&pool).await?;
 
     let stop = CancellationToken::new();
+    // This process's gateway id (connection ids and `postgame.gateways`).
+    let instance = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let publisher_stop = CancellationToken::new();
     let tasks = TaskTracker::new();
     let sessions = TaskTracker::new();
@@ -265,7 +268,7 @@ pub async fn start(
                 guest_token_ttl: chrono::Duration::hours(config.guest_token_hours.max(1)),
                 write_timeout: config.write_timeout(),
             },
-            instance: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
+            instance: instance.clone(),
             next_conn: AtomicU64::new(1),
             stop: stop.clone(),
             sessions: sessions.clone(),
@@ -310,6 +313,13 @@ pub async fn start(
         });
     }
 
+    // Every process sweeps the connections of stopped gateways; a gateway also heartbeats.
+    tasks.spawn(presence::run(
+        pool.clone(),
+        config.runs(Role::Gateway).then(|| instance.clone()),
+        config.presence_timeout(),
+        stop.clone(),
+    ));
     tasks.spawn(listen::run(pool.clone(), routes, stop.clone()));
     Ok(Server {
         addr,

@@ -26,9 +26,10 @@ use super::{prepare_publish, AppState};
 use crate::broadcast::channel_position;
 use crate::broadcast::hub::Outbox;
 use crate::game::{PRESENCE_CONNECTED, PRESENCE_DISCONNECTED};
-use crate::ids::{Channel, ChannelKind, MatchId};
+use crate::ids::{Channel, ChannelKind};
 use crate::matches::match_exists;
-use crate::queue::publisher::{PublishError, PublishRequest};
+use crate::presence::Presence;
+use crate::queue::publisher::PublishError;
 
 /// Close codes of the wire contract.
 pub mod close {
@@ -163,12 +164,13 @@ struct Session {
     app: Arc<AppState>,
     me: Identity,
     conn: u64,
-    connection_id: String,
     outbox: Outbox,
     closer: Arc<Closer>,
     subs: HashSet<String>,
     violations: VecDeque<Instant>,
     pending: FuturesOrdered<Pending>,
+    /// This connection's presence changes, applied in order, durably ([`Presence`]).
+    presence: Presence,
 }
 
 /// Runs one connection to its end.
@@ -238,11 +240,19 @@ pub async fn run<S, R, E>(
         .to_string()
         .into(),
     );
+    let presence = Presence::start(
+        app.pool.clone(),
+        app.publisher.clone(),
+        app.instance.clone(),
+        conn,
+        connection_id.clone(),
+        me.client.clone(),
+    );
     let mut s = Session {
         app: Arc::clone(&app),
         me,
         conn,
-        connection_id,
+        presence,
         outbox,
         closer: Arc::clone(&closer),
         subs: HashSet::new(),
@@ -459,7 +469,7 @@ impl Session {
         }
         self.subs.insert(name.to_owned());
         if let ChannelKind::Match(m) = channel.kind() {
-            self.presence(*m, PRESENCE_CONNECTED).await;
+            self.presence.send(*m, PRESENCE_CONNECTED).await;
         }
     }
 
@@ -473,26 +483,8 @@ impl Session {
         self.app.hub.unsubscribe(channel, self.conn);
         if let Ok(c) = Channel::parse(channel) {
             if let ChannelKind::Match(m) = c.kind() {
-                self.presence(*m, PRESENCE_DISCONNECTED).await;
+                self.presence.send(*m, PRESENCE_DISCONNECTED).await;
             }
         }
-    }
-
-    /// Enqueues a presence change into the match's control queue (fire and forget: the
-    /// commit happens in the background; a failure is logged).
-    async fn presence(&mut self, m: MatchId, name: &str) {
-        let req = PublishRequest {
-            client: Some(self.me.client.clone()),
-            channel: Channel::parse(&format!("control:{m}")).expect("a match id makes a channel"),
-            name: name.to_owned(),
-            data: json!({ "connection": self.connection_id }),
-            key: None,
-        };
-        let ack = self.app.publisher.submit(self.conn, req).await;
-        tokio::spawn(async move {
-            if let Err(e) = ack.await {
-                tracing::debug!(error = %e, "presence not recorded");
-            }
-        });
     }
 }

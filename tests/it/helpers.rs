@@ -311,6 +311,23 @@ impl TestApp {
         c
     }
 
+    /// A WebSocket client of another gateway (e.g. a gateway process) at `addr`.
+    pub async fn ws_at(addr: SocketAddr, token: &str) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws?token={token}"))
+            .await
+            .expect("websocket connects");
+        let mut c = Client {
+            ws,
+            client_id: String::new(),
+            buffered: VecDeque::new(),
+            next_id: 0,
+        };
+        let hello = c.recv().await;
+        assert_eq!(hello["op"], "connected", "{hello}");
+        c.client_id = hello["client_id"].as_str().unwrap().to_owned();
+        c
+    }
+
     pub async fn ws_raw(&self, path_and_query: &str) -> Client {
         let (ws, _) =
             tokio_tungstenite::connect_async(format!("ws://{}{path_and_query}", self.addr))

@@ -21,6 +21,7 @@ mod leases;
 mod limits;
 mod lobby;
 mod outage;
+mod presence;
 mod resilience;
 mod resume;
 mod robustness;

@@ -1,0 +1,296 @@
+//! Presence that survives crashes.
+//!
+//! A gateway tells a match about its connections with `$connected` / `$disconnected`
+//! control messages, which go through the control queue like client publishes (committed,
+//! applied exactly once, in order). Three things make that hold when things break:
+//!
+//! - **Durable and ordered per connection.** A session hands its presence changes to a
+//!   task of its own ([`Presence::start`]) that submits them one after the other and
+//!   retries a failed commit (100 ms doubling to 5 s, for up to [`RETRY_FOR`]), so a
+//!   `$connected` is never lost to a passing database error nor overtaken by its
+//!   `$disconnected`.
+//! - **Recorded.** While a connection is in a match, it has a row in `postgame.presence`
+//!   (written before its `$connected` is enqueued, deleted after its `$disconnected` is).
+//! - **Swept.** Each gateway process heartbeats its row in `postgame.gateways` every
+//!   [`HEARTBEAT`]. Every postgame process runs [`run`], which every [`HEARTBEAT`] looks for
+//!   presence rows whose gateway stopped heartbeating for the presence timeout
+//!   (`--presence-timeout-seconds`, 10 s by default) or is gone, and in one transaction
+//!   deletes them and enqueues a `$disconnected` for each ([`presence_sweep`]). So the
+//!   players of a killed gateway are disconnected within the timeout + one heartbeat
+//!   (11 s by default), and the games' reconnect grace runs from there.
+//!
+//! A gateway that was only slow (its heartbeat late past the timeout) finds its row gone,
+//! registers again and carries on; its connections were disconnected in their matches,
+//! and a session's later leave enqueues a second `$disconnected`, which games ignore.
+
+use std::time::Duration;
+
+use serde_json::json;
+use sqlx::{PgExecutor, PgPool};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::game::{PRESENCE_CONNECTED, PRESENCE_DISCONNECTED};
+use crate::ids::{Channel, ClientId, MatchId};
+use crate::queue::publisher::{PublishError, PublishRequest, Publisher};
+
+/// How often a gateway heartbeats and every process sweeps.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Default silence after which a gateway counts as dead.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a session's presence task keeps retrying one change.
+pub const RETRY_FOR: Duration = Duration::from_secs(120);
+/// Presence changes queued per session (a session has at most a few subscriptions).
+const QUEUE: usize = 64;
+
+/// Registers (or refreshes) this gateway.
+pub async fn gateway_heartbeat(db: impl PgExecutor<'_>, gateway: &str) -> sqlx::Result<bool> {
+    let r = sqlx::query!(
+        r#"
+        INSERT INTO postgame.gateways AS g (id) VALUES ($1)
+        ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
+        RETURNING (g.started_at = g.heartbeat_at) AS "fresh!"
+        "#,
+        gateway
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(r.fresh)
+}
+
+/// Removes this gateway's registration (at shutdown): any connection still recorded is
+/// then disconnected by the next sweep.
+pub async fn gateway_deregister(db: impl PgExecutor<'_>, gateway: &str) -> sqlx::Result<()> {
+    sqlx::query!("DELETE FROM postgame.gateways WHERE id = $1", gateway)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Disconnects the connections of gateways silent for `timeout` (and of gateways that are
+/// gone): in one transaction, deletes their presence rows and enqueues a `$disconnected`
+/// for each, under the matches' enqueue locks (taken in match order, as publishers do), and
+/// deletes the dead gateways' rows. Returns how many connections it disconnected.
+pub async fn presence_sweep(pool: &PgPool, timeout: Duration) -> sqlx::Result<u64> {
+    let mut tx = pool.begin().await?;
+    let gone = sqlx::query!(
+        r#"
+        WITH dead AS (
+            DELETE FROM postgame.gateways
+            WHERE id IN (
+                SELECT id FROM postgame.gateways
+                WHERE heartbeat_at < now() - make_interval(secs => $1)
+                FOR UPDATE SKIP LOCKED)
+            RETURNING id)
+        DELETE FROM postgame.presence p
+        WHERE p.gateway IN (SELECT id FROM dead)
+           OR NOT EXISTS (SELECT 1 FROM postgame.gateways g WHERE g.id = p.gateway)
+        RETURNING p.match_id, p.client_id, p.connection
+        "#,
+        timeout.as_secs_f64()
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    if gone.is_empty() {
+        tx.commit().await?;
+        return Ok(0);
+    }
+    let mut rows: Vec<(Uuid, String, String)> = gone
+        .into_iter()
+        .map(|r| (r.match_id, r.client_id, r.connection))
+        .collect();
+    rows.sort();
+    let matches: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
+    let clients: Vec<String> = rows.iter().map(|r| r.1.clone()).collect();
+    let datas: Vec<serde_json::Value> = rows.iter().map(|r| json!({ "connection": r.2 })).collect();
+    sqlx::query!(
+        r#"
+        SELECT count(postgame.lock_enqueue(id)) AS "n!"
+        FROM (SELECT DISTINCT id FROM unnest($1::uuid[]) AS t(id) ORDER BY id) a
+        "#,
+        &matches
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query!(
+        r#"
+        INSERT INTO postgame.control (match_id, client_id, name, data)
+        SELECT m, c, $4, d
+        FROM unnest($1::uuid[], $2::text[], $3::jsonb[]) WITH ORDINALITY AS u(m, c, d, o)
+        WHERE EXISTS (SELECT 1 FROM postgame.matches x WHERE x.id = u.m)
+        ORDER BY o
+        "#,
+        &matches,
+        &clients,
+        &datas,
+        PRESENCE_DISCONNECTED
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let n = rows.len() as u64;
+    tracing::info!(
+        connections = n,
+        "disconnected the connections of stopped gateways"
+    );
+    metrics::counter!("postgame_presence_swept_total").increment(n);
+    Ok(n)
+}
+
+/// Until `stop`, every [`HEARTBEAT`]: heartbeats `gateway` (when this process runs one)
+/// and sweeps the connections of gateways silent for `timeout`. At `stop`, deregisters
+/// the gateway.
+pub async fn run(
+    pool: PgPool,
+    gateway: Option<String>,
+    timeout: Duration,
+    stop: CancellationToken,
+) {
+    let mut every = tokio::time::interval(HEARTBEAT);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut registered = false;
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.cancelled() => break,
+        }
+        if let Some(g) = &gateway {
+            match gateway_heartbeat(&pool, g).await {
+                Ok(fresh) => {
+                    if fresh && registered {
+                        tracing::warn!(
+                            gateway = g,
+                            "this gateway's registration had expired \
+                            (its heartbeat was late); its connections were disconnected"
+                        );
+                    }
+                    registered = true;
+                }
+                Err(e) => tracing::warn!(error = %e, "gateway heartbeat failed"),
+            }
+        }
+        if let Err(e) = presence_sweep(&pool, timeout).await {
+            tracing::debug!(error = %e, "presence sweep failed");
+        }
+    }
+    if let Some(g) = &gateway {
+        if let Err(e) = gateway_deregister(&pool, g).await {
+            tracing::debug!(error = %e, "gateway deregistration failed");
+        }
+    }
+}
+
+/// A session's presence changes, applied in order by a task of their own.
+pub struct Presence {
+    tx: mpsc::Sender<(MatchId, &'static str)>,
+}
+
+impl Presence {
+    /// Starts the task of one connection (`conn` picks its publisher shard).
+    pub fn start(
+        pool: PgPool,
+        publisher: Publisher,
+        gateway: String,
+        conn: u64,
+        connection: String,
+        client: ClientId,
+    ) -> Self {
+        let (tx, mut rx) = mpsc::channel::<(MatchId, &'static str)>(QUEUE);
+        tokio::spawn(async move {
+            while let Some((m, name)) = rx.recv().await {
+                let started = tokio::time::Instant::now();
+                let mut pause = Duration::from_millis(100);
+                loop {
+                    match change(
+                        &pool,
+                        &publisher,
+                        &gateway,
+                        conn,
+                        &connection,
+                        &client,
+                        m,
+                        name,
+                    )
+                    .await
+                    {
+                        Ok(()) => break,
+                        Err(Some(e)) if started.elapsed() < RETRY_FOR => {
+                            tracing::debug!(error = %e, "presence change failed; retrying");
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(Duration::from_secs(5));
+                        }
+                        Err(e) => {
+                            // Shutting down, or retried too long: the sweep disconnects
+                            // whatever is still recorded once this gateway is gone.
+                            tracing::warn!(error = ?e, match_id = %m, name, "presence change dropped");
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Self { tx }
+    }
+
+    /// Queues a change (`$connected` / `$disconnected`) for match `m`.
+    pub async fn send(&self, m: MatchId, name: &'static str) {
+        let _ = self.tx.send((m, name)).await;
+    }
+}
+
+/// One presence change: record, enqueue, unrecord. `Err(None)` when the server is
+/// shutting down (no retry).
+#[allow(clippy::too_many_arguments)]
+async fn change(
+    pool: &PgPool,
+    publisher: &Publisher,
+    gateway: &str,
+    conn: u64,
+    connection: &str,
+    client: &ClientId,
+    m: MatchId,
+    name: &'static str,
+) -> Result<(), Option<String>> {
+    let connected = name == PRESENCE_CONNECTED;
+    if connected {
+        sqlx::query!(
+            r#"
+            INSERT INTO postgame.presence (gateway, connection, match_id, client_id)
+            SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM postgame.matches WHERE id = $3)
+            ON CONFLICT DO NOTHING
+            "#,
+            gateway,
+            connection,
+            m.0,
+            client.to_string()
+        )
+        .execute(pool)
+        .await
+        .map_err(|e| Some(e.to_string()))?;
+    }
+    let req = PublishRequest {
+        client: Some(client.clone()),
+        channel: Channel::parse(&format!("control:{m}")).expect("a match id makes a channel"),
+        name: name.to_owned(),
+        data: json!({ "connection": connection }),
+        key: None,
+    };
+    match publisher.submit(conn, req).await.await {
+        Ok(_) | Err(PublishError::MatchNotFound) => {}
+        Err(PublishError::ShuttingDown) => return Err(None),
+        Err(e) => return Err(Some(e.to_string())),
+    }
+    if !connected {
+        sqlx::query!(
+            "DELETE FROM postgame.presence WHERE gateway = $1 AND connection = $2 AND match_id = $3",
+            gateway,
+            connection,
+            m.0
+        )
+        .execute(pool)
+        .await
+        .map_err(|e| Some(e.to_string()))?;
+    }
+    Ok(())
+}

@@ -63,6 +63,9 @@ pub const DEFAULT_MAX_FAILURES: i32 = 8;
 pub const DEFAULT_BACKOFF_MIN: Duration = Duration::from_secs(1);
 /// Longest push-back after a failed tick.
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Longest run of one tick handler (below the default lease, so the batch's transaction
+/// is still alive to record the overrun).
+pub const DEFAULT_HANDLER_LIMIT: Duration = Duration::from_secs(1);
 /// How long an ended match is kept before it is deleted.
 pub const DEFAULT_MATCH_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// How often a process with the ticker role prunes ended matches.
@@ -95,6 +98,8 @@ pub struct TickerConfig {
     /// Commit every batch synchronously, even those that log nothing (see the module
     /// docs); off by default.
     pub sync_commit: bool,
+    /// Longest run of one tick handler; an overrun counts as a failed tick.
+    pub handler_limit: Duration,
 }
 
 impl TickerConfig {
@@ -109,6 +114,7 @@ impl TickerConfig {
             match_retention: DEFAULT_MATCH_RETENTION,
             prune_interval: DEFAULT_PRUNE_INTERVAL,
             sync_commit: false,
+            handler_limit: DEFAULT_HANDLER_LIMIT,
         }
     }
 
@@ -154,6 +160,13 @@ struct DueMatch {
     next_tick_at: DateTime<Utc>,
     tick_failures: i32,
     now: DateTime<Utc>,
+}
+
+/// What the handler thread reports: a tick started, or a tick done (the match, its tick,
+/// its failures so far, and what the handler returned).
+enum Ran {
+    Started(Uuid, i32),
+    Done(Box<(LoadedMatch, Tick, i32, Result<crate::game::Applied, String>)>),
 }
 
 /// A failed tick to record.
@@ -319,6 +332,35 @@ impl Ticker {
         }
     }
 
+    /// The failure record of a match whose tick failed: pushed back with the doubling
+    /// backoff from `now`, or its clock stopped after too many failures.
+    fn failure(
+        &self,
+        id: Uuid,
+        tick_failures: i32,
+        error: String,
+        now: DateTime<Utc>,
+    ) -> TickFailure {
+        let failures_now = tick_failures.saturating_add(1);
+        let next_tick_at = if failures_now >= self.config.max_failures {
+            tracing::error!(match_id = %id, failures = failures_now, error,
+                "tick failed too often; the match's clock is stopped");
+            None
+        } else {
+            let backoff = self.config.backoff(failures_now);
+            tracing::warn!(match_id = %id, failures = failures_now, ?backoff, error,
+                "tick failed; retrying later");
+            // A backoff of at most a few minutes always fits a chrono duration.
+            Some(now + chrono::Duration::from_std(backoff).unwrap_or_default())
+        };
+        TickFailure {
+            id,
+            failures: failures_now,
+            error,
+            next_tick_at,
+        }
+    }
+
     /// Claims and ticks one batch of due matches in one transaction.
     pub async fn run_once(&self) -> sqlx::Result<Outcome> {
         let mut tx = self.pool.begin().await?;
@@ -331,54 +373,85 @@ impl Ticker {
         let mut writes = BatchWrites::default();
         let mut failures = Vec::new();
         let mut recovered = Vec::new();
-        for row in due {
-            let tick = Tick {
-                scheduled: row.next_tick_at,
-                now: row.now,
+        // The handlers run on a thread of their own, one after the other, each within
+        // `handler_limit`: a tick that overruns it is recorded as a failure (pushed back,
+        // then its clock stopped), the matches after it are left for the next claim (still
+        // due; their locks go at this commit), and the stuck thread is abandoned.
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+        let games = self.games.clone();
+        std::thread::spawn(move || {
+            for row in due {
+                if done_tx
+                    .send(Ran::Started(row.id, row.tick_failures))
+                    .is_err()
+                {
+                    return;
+                }
+                let tick = Tick {
+                    scheduled: row.next_tick_at,
+                    now: row.now,
+                };
+                let failures = row.tick_failures;
+                let m = LoadedMatch {
+                    id: row.id,
+                    game: row.game,
+                    status: row.status,
+                    config: row.config,
+                    state: row.state,
+                    next_tick_at: Some(row.next_tick_at),
+                };
+                let applied = match games.get(&m.game) {
+                    Some(game) => Ok(game.tick(MatchId(m.id), &m.config, &m.state, tick)),
+                    None => Err(format!("unknown game {:?}", m.game)),
+                };
+                if done_tx
+                    .send(Ran::Done(Box::new((m, tick, failures, applied))))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        let mut running: Option<(Uuid, i32)> = None;
+        loop {
+            let ran = match tokio::time::timeout(self.config.handler_limit, done_rx.recv()).await {
+                Ok(Some(ran)) => ran,
+                Ok(None) => break,
+                Err(_) => {
+                    if let Some((id, tick_failures)) = running {
+                        let error = format!(
+                            "the tick ran longer than the handler time limit ({:?})",
+                            self.config.handler_limit
+                        );
+                        let now = chrono::Utc::now();
+                        failures.push(self.failure(id, tick_failures, error, now));
+                    }
+                    break;
+                }
             };
+            let (m, tick, tick_failures, applied) = match ran {
+                Ran::Started(id, f) => {
+                    running = Some((id, f));
+                    continue;
+                }
+                Ran::Done(d) => *d,
+            };
+            running = None;
             let lateness = (tick.now - tick.scheduled).to_std().unwrap_or_default();
             metrics::histogram!("postgame_tick_lateness_seconds").record(lateness.as_secs_f64());
-            let m = LoadedMatch {
-                id: row.id,
-                game: row.game,
-                status: row.status,
-                config: row.config,
-                state: row.state,
-                next_tick_at: Some(row.next_tick_at),
-            };
-            let error = match self.games.get(&m.game) {
-                Some(game) => {
-                    let applied = game.tick(MatchId(m.id), &m.config, &m.state, tick);
-                    match writes.record(&m, applied) {
-                        (0, error) => error.unwrap_or_else(|| "the tick applied nothing".into()),
-                        _ => {
-                            if row.tick_failures > 0 {
-                                recovered.push(m.id);
-                            }
-                            continue;
+            let error = match applied {
+                Ok(applied) => match writes.record(&m, applied) {
+                    (0, error) => error.unwrap_or_else(|| "the tick applied nothing".into()),
+                    _ => {
+                        if tick_failures > 0 {
+                            recovered.push(m.id);
                         }
+                        continue;
                     }
-                }
-                None => format!("unknown game {:?}", m.game),
+                },
+                Err(e) => e,
             };
-            let failures_now = row.tick_failures.saturating_add(1);
-            let next_tick_at = if failures_now >= self.config.max_failures {
-                tracing::error!(match_id = %m.id, failures = failures_now, error,
-                    "tick failed too often; the match's clock is stopped");
-                None
-            } else {
-                let backoff = self.config.backoff(failures_now);
-                tracing::warn!(match_id = %m.id, failures = failures_now, ?backoff, error,
-                    "tick failed; retrying later");
-                // A backoff of at most a few minutes always fits a chrono duration.
-                Some(tick.now + chrono::Duration::from_std(backoff).unwrap_or_default())
-            };
-            failures.push(TickFailure {
-                id: m.id,
-                failures: failures_now,
-                error,
-                next_tick_at,
-            });
+            failures.push(self.failure(m.id, tick_failures, error, tick.now));
         }
 
         let written = writes.write(&mut tx).await?;

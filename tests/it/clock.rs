@@ -17,7 +17,7 @@ use crate::helpers::{kill_backends, role_process, test_config, TestApp, TestDb};
 use clockgames::{InterleaveState, MetronomeState};
 
 #[path = "clockgames.rs"]
-mod clockgames;
+pub mod clockgames;
 
 /// Publishes a control message over HTTP (no connection, so no presence).
 async fn http_act(app: &TestApp, token: &str, match_id: &str, name: &str, data: Value) {

@@ -4,7 +4,7 @@
 //!   for slot `created + n × period` (it fails otherwise), so a missing beat shows as a
 //!   schedule behind its count, a doubled one as a tick for the wrong slot, and a lost
 //!   update as `version` ≠ beats. It keeps its latest beats (number, slot, lateness). With
-//!   `{"broken": true}` every tick panics.
+//!   `{"broken": true}` every tick panics; with `{"hang": true}` every tick sleeps 5 s.
 //! - `interleave` ticks at `hz` and takes `n` inputs; ticks and inputs both bump a
 //!   `version` kept in the state and append to a trace of steps, so a tick and an input
 //!   that ran on the same stored state (interleaved) would lose one of the two updates.
@@ -27,6 +27,9 @@ pub struct MetronomeConfig {
     pub hz: u32,
     #[serde(default)]
     pub broken: bool,
+    /// Every tick sleeps 5 s (past the ticker's handler time limit).
+    #[serde(default)]
+    pub hang: bool,
 }
 
 /// How many of the latest beats a metronome keeps (the state stays small, so a tick costs
@@ -81,11 +84,14 @@ impl Game for Metronome {
 
     fn tick(
         &self,
-        _cx: &Cx<'_, MetronomeConfig>,
+        cx: &Cx<'_, MetronomeConfig>,
         state: &mut MetronomeState,
         tick: Tick,
         _out: &mut Vec<Outgoing>,
     ) -> Result<(), GameError> {
+        if cx.config.hang {
+            std::thread::sleep(std::time::Duration::from_secs(5));
+        }
         if state.broken {
             panic!("metronome broken on purpose");
         }

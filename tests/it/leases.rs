@@ -250,3 +250,40 @@ async fn a_frozen_ticker_loses_its_lease_and_its_matches_keep_ticking() {
     let _ = frozen.kill().await;
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_tick_that_overruns_the_handler_time_limit_fails_and_the_other_matches_go_on() {
+    let (_db, opts) = TestDb::new().await;
+    let app = TestApp::spawn_with(opts, crate::clock::clockgames::games(), |c| {
+        c.tickers = 1;
+    })
+    .await;
+    let token = app.token("setup");
+    let stuck = app
+        .create_match(&token, "metronome", json!({"hz": 10, "hang": true}))
+        .await;
+    let mut others = Vec::new();
+    for _ in 0..5 {
+        others.push(
+            app.create_match(&token, "metronome", json!({"hz": 10}))
+                .await,
+        );
+    }
+    // The stuck match's ticks fail on the time limit (1 s) and are pushed back; the other
+    // matches, in the same batches, keep beating.
+    app.wait_until(&format!(
+        "SELECT (SELECT tick_failures >= 2 FROM postgame.matches WHERE id = '{stuck}')
+            AND (SELECT bool_and(version >= 20) FROM postgame.matches WHERE id <> '{stuck}')"
+    ))
+    .await;
+    let (version, error): (i64, Option<String>) =
+        sqlx::query_as("SELECT version, last_tick_error FROM postgame.matches WHERE id = $1::uuid")
+            .bind(&stuck)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(version, 0, "an overrunning tick changes nothing");
+    let error = error.unwrap_or_default();
+    assert!(error.contains("handler time limit"), "{error}");
+    app.shutdown().await;
+}

@@ -398,6 +398,35 @@ pub struct ServeConfig {
     #[arg(long, env = "POSTGAME_WRITE_TIMEOUT_SECONDS", default_value_t = 10.0)]
     pub write_timeout_seconds: f64,
 
+    /// Seconds a client has to send a request's headers once its connection opened (or its
+    /// previous response was sent: this also bounds an idle keep-alive connection); a
+    /// slower one is disconnected (slowloris).
+    #[arg(
+        long,
+        env = "POSTGAME_HTTP_HEADER_TIMEOUT_SECONDS",
+        default_value_t = 10.0
+    )]
+    pub http_header_timeout_seconds: f64,
+
+    /// Seconds an HTTP connection may go with no byte moving either way while a request is
+    /// under way (a stalled body, an unread response) before it is closed.
+    #[arg(
+        long,
+        env = "POSTGAME_HTTP_IDLE_TIMEOUT_SECONDS",
+        default_value_t = 60.0
+    )]
+    pub http_idle_timeout_seconds: f64,
+
+    /// Most simultaneous connections from one source address (0: no limit); one more is
+    /// answered 429 and closed. Addresses in `--trusted-proxies` are exempt.
+    #[arg(long, env = "POSTGAME_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    pub max_connections_per_ip: usize,
+
+    /// Reverse proxies (comma-separated IP addresses) whose `X-Forwarded-For` is believed:
+    /// requests through them are limited per the forwarded client address.
+    #[arg(long, env = "POSTGAME_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+
     /// Refuse guest tokens (`POST /v1/tokens`).
     #[arg(long, env = "POSTGAME_NO_GUESTS")]
     pub no_guests: bool,
@@ -507,6 +536,14 @@ impl ServeConfig {
             lease: secs(self.lease_seconds),
             statement_timeout: secs(self.statement_timeout_seconds),
         }
+    }
+
+    pub fn http_header_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.http_header_timeout_seconds.clamp(0.05, 86_400.0))
+    }
+
+    pub fn http_idle_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.http_idle_timeout_seconds.clamp(0.05, 86_400.0))
     }
 
     pub fn heartbeat(&self) -> Duration {

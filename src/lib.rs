@@ -267,6 +267,7 @@ pub async fn start(
                 allow_guests: !config.no_guests,
                 guest_token_ttl: chrono::Duration::hours(config.guest_token_hours.max(1)),
                 write_timeout: config.write_timeout(),
+                trusted_proxies: config.trusted_proxies.clone(),
             },
             instance: instance.clone(),
             next_conn: AtomicU64::new(1),
@@ -276,23 +277,22 @@ pub async fn start(
         });
         addr = Some(listener.local_addr()?);
         let router = gateway::router(app);
-        let serve_stop = stop.clone();
-        tasks.spawn(async move {
-            use axum::serve::ListenerExt;
-            // Small frames must leave at once: without TCP_NODELAY, Nagle's algorithm and
-            // delayed ACKs add ~40 ms to a reply that follows a write.
-            let listener = listener.tap_io(|tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-                }
-            });
-            let r = axum::serve(listener, router)
-                .with_graceful_shutdown(serve_stop.cancelled_owned())
-                .await;
-            if let Err(e) = r {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        });
+        let limits = gateway::serve::Limits {
+            header_timeout: config.http_header_timeout(),
+            idle_timeout: config.http_idle_timeout(),
+            write_timeout: config.write_timeout(),
+            max_connections_per_ip: match config.max_connections_per_ip {
+                0 => usize::MAX,
+                n => n,
+            },
+            trusted_proxies: config.trusted_proxies.clone(),
+        };
+        tasks.spawn(gateway::serve::serve(
+            listener,
+            router,
+            limits,
+            stop.clone(),
+        ));
     }
 
     let mut metrics_addr = None;

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod error;
 pub mod frames;
 pub mod http;
+pub mod serve;
 pub mod web;
 pub mod ws;
 
@@ -41,6 +42,8 @@ pub struct GatewayConfig {
     pub guest_token_ttl: chrono::Duration,
     /// Longest a write to a WebSocket may take before the connection is dropped.
     pub write_timeout: Duration,
+    /// Peers whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// Everything a request handler needs.

@@ -14,6 +14,7 @@ mod capabilities;
 mod clock;
 mod concurrency;
 mod edge_safe;
+mod edge_sockets;
 mod edge_tokens;
 mod fairness;
 mod first_run;

@@ -29,6 +29,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the `serve` variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server: gateway, workers and ticker (all by default, or the given roles).
@@ -422,6 +424,37 @@ pub struct ServeConfig {
     #[arg(long, env = "POSTGAME_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
     pub max_connections_per_ip: usize,
 
+    /// Publishes one WebSocket connection may send at once before the rate applies (0: no
+    /// limit).
+    #[arg(long, env = "POSTGAME_CONN_PUBLISH_BURST", default_value_t = 60)]
+    pub conn_publish_burst: u32,
+
+    /// Publishes per second one WebSocket connection may sustain; beyond, `rate_limited`
+    /// (and 4008 for a connection that keeps going).
+    #[arg(long, env = "POSTGAME_CONN_PUBLISH_RATE", default_value_t = 40.0)]
+    pub conn_publish_rate: f64,
+
+    /// Guest tokens one source address may get per minute (0: no limit).
+    #[arg(
+        long,
+        env = "POSTGAME_GUEST_TOKENS_PER_IP_PER_MINUTE",
+        default_value_t = 30
+    )]
+    pub guest_tokens_per_ip_per_minute: u32,
+
+    /// Matches one source address may create per minute (0: no limit).
+    #[arg(long, env = "POSTGAME_MATCHES_PER_IP_PER_MINUTE", default_value_t = 60)]
+    pub matches_per_ip_per_minute: u32,
+
+    /// Matches one client may create per minute, counted in Postgres across every gateway
+    /// (0: no limit).
+    #[arg(
+        long,
+        env = "POSTGAME_MATCHES_PER_CLIENT_PER_MINUTE",
+        default_value_t = 20
+    )]
+    pub matches_per_client_per_minute: u32,
+
     /// Reverse proxies (comma-separated IP addresses) whose `X-Forwarded-For` is believed:
     /// requests through them are limited per the forwarded client address.
     #[arg(long, env = "POSTGAME_TRUSTED_PROXIES", value_delimiter = ',')]
@@ -494,6 +527,18 @@ impl ServeConfig {
             // Cannot happen: the arguments above name `serve`.
             _ => unreachable!("parsed `serve`"),
         }
+    }
+
+    /// Switches off the limits per connection, per source address and per client, for
+    /// benchmarks and tests that run every client from one address on purpose (the time
+    /// bounds on sockets stay).
+    pub fn without_client_limits(mut self) -> Self {
+        self.max_connections_per_ip = 0;
+        self.conn_publish_burst = 0;
+        self.guest_tokens_per_ip_per_minute = 0;
+        self.matches_per_ip_per_minute = 0;
+        self.matches_per_client_per_minute = 0;
+        self
     }
 
     pub fn runs(&self, role: Role) -> bool {

@@ -268,6 +268,17 @@ pub async fn start(
                 guest_token_ttl: chrono::Duration::hours(config.guest_token_hours.max(1)),
                 write_timeout: config.write_timeout(),
                 trusted_proxies: config.trusted_proxies.clone(),
+                conn_publish: (config.conn_publish_burst > 0).then_some((
+                    config.conn_publish_rate.max(0.0),
+                    f64::from(config.conn_publish_burst),
+                )),
+                matches_per_client_per_minute: config.matches_per_client_per_minute,
+            },
+            limits: gateway::Limits {
+                guest_tokens: gateway::limits::Keyed::per_minute(
+                    config.guest_tokens_per_ip_per_minute,
+                ),
+                matches: gateway::limits::Keyed::per_minute(config.matches_per_ip_per_minute),
             },
             instance: instance.clone(),
             next_conn: AtomicU64::new(1),

@@ -96,6 +96,18 @@ pub enum CreateError {
     BadConfig(String),
     #[error(transparent)]
     Db(#[from] sqlx::Error),
+    /// The client created its allowance of matches within the last minute; try again after
+    /// this many seconds.
+    #[error("too many matches created")]
+    RateLimited(u64),
+}
+
+/// A limit on match creation per client: at most `per_minute` matches created by `client`
+/// within the last minute, counted in the database so that it holds across gateways.
+#[derive(Debug, Clone, Copy)]
+pub struct CreatedBy<'a> {
+    pub client: &'a str,
+    pub per_minute: u32,
 }
 
 /// Creates a match: inserts it and logs its first messages and the lobby announcement, in
@@ -105,8 +117,46 @@ pub async fn match_create(
     game: &dyn DynGame,
     raw_config: &Value,
 ) -> Result<(MatchInfo, Written), CreateError> {
+    match_create_by(pool, game, raw_config, None).await
+}
+
+/// [`match_create`] on behalf of a client: the match records its creator, and the
+/// creator's matches of the last minute are counted first (`per_minute` 0: no limit).
+/// Creations by one client are serialised by an advisory lock, so the count holds when
+/// they race on several gateways.
+pub async fn match_create_by(
+    pool: &PgPool,
+    game: &dyn DynGame,
+    raw_config: &Value,
+    by: Option<CreatedBy<'_>>,
+) -> Result<(MatchInfo, Written), CreateError> {
     let id = MatchId::new_random();
     let mut tx = pool.begin().await?;
+    if let Some(by) = by.filter(|b| b.per_minute > 0) {
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(hashtextextended('postgame.created_by:' || $1, 0))",
+        )
+        .bind(by.client)
+        .execute(&mut *tx)
+        .await?;
+        // Seconds until the oldest of the last minute's creations leaves the window, when
+        // the client is at its allowance.
+        let wait: Option<f64> = sqlx::query_scalar(
+            "SELECT extract(epoch FROM min(created_at) + interval '1 minute' - now())::float8
+               FROM (SELECT created_at FROM postgame.matches
+                      WHERE created_by = $1 AND created_at > now() - interval '1 minute'
+                      ORDER BY created_at DESC LIMIT $2) recent
+             HAVING count(*) >= $2",
+        )
+        .bind(by.client)
+        .bind(i64::from(by.per_minute))
+        .fetch_optional(&mut *tx)
+        .await?
+        .flatten();
+        if let Some(wait) = wait {
+            return Err(CreateError::RateLimited(wait.ceil().max(1.0) as u64));
+        }
+    }
     let now = sqlx::query_scalar!(r#"SELECT now() AS "now!""#)
         .fetch_one(&mut *tx)
         .await?;
@@ -130,6 +180,13 @@ pub async fn match_create(
     )
     .fetch_one(&mut *tx)
     .await?;
+    if let Some(by) = by {
+        sqlx::query("UPDATE postgame.matches SET created_by = $2 WHERE id = $1")
+            .bind(id.0)
+            .bind(by.client)
+            .execute(&mut *tx)
+            .await?;
+    }
     let (mut messages, latest) = outgoing_messages(id, created.out);
     messages.push(lobby_announcement(id, game.name(), created.status));
     let (_, heads) = log_append(&mut tx, &messages).await?;

@@ -202,7 +202,7 @@ pub async fn run(db_url: &str, args: &E2eArgs, show_progress: bool) -> anyhow::R
     if args.players < 2 || args.players % 2 != 0 {
         bail!("--players must be an even number of at least 2");
     }
-    let mut config = ServeConfig::defaults(db_url);
+    let mut config = ServeConfig::defaults(db_url).without_client_limits();
     config.secret = SECRET.into();
     config.workers = args.workers.max(1);
     let server = super::ServerThread::start(config, Registry::builtin()).await?;

@@ -367,6 +367,8 @@ async fn spawn_server(
         .args(&args)
         .env("DATABASE_URL", db_url)
         .env("POSTGAME_SECRET", SECRET)
+        // Every subscriber comes from this host: no per-address limit.
+        .env("POSTGAME_MAX_CONNECTIONS_PER_IP", "0")
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -397,7 +399,7 @@ struct Setup {
 }
 
 async fn start_postgame(db_url: &str, args: &FanoutArgs) -> anyhow::Result<Setup> {
-    let mut config = ServeConfig::defaults(db_url);
+    let mut config = ServeConfig::defaults(db_url).without_client_limits();
     config.secret = SECRET.into();
     config.roles = vec![Role::Gateway];
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

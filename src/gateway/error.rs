@@ -52,6 +52,10 @@ pub enum ApiError {
     Client(Code, String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+    /// `rate_limited`, with the seconds after which trying again makes sense
+    /// (`Retry-After`).
+    #[error("{0}")]
+    Limited(String, u64),
 }
 
 impl ApiError {
@@ -67,11 +71,17 @@ impl ApiError {
     pub fn unauthorized(msg: impl Into<String>) -> Self {
         Self::Client(Code::Unauthorized, msg.into())
     }
+    /// A 429 that says when to come back.
+    pub fn limited(msg: impl Into<String>, retry_after: std::time::Duration) -> Self {
+        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        Self::Limited(msg.into(), secs.max(1))
+    }
 
     /// The code and the client-safe message; logs the cause of an internal error.
     pub fn public(&self) -> (Code, String) {
         match self {
             ApiError::Client(code, msg) => (*code, msg.clone()),
+            ApiError::Limited(msg, _) => (Code::RateLimited, msg.clone()),
             ApiError::Internal(cause) => {
                 tracing::error!(error = format!("{cause:#}"), "internal error");
                 (Code::Internal, "internal error".into())
@@ -89,10 +99,15 @@ impl From<sqlx::Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (code, message) = self.public();
-        (
+        let mut r = (
             code.status(),
             Json(json!({ "code": code.as_str(), "message": message })),
         )
-            .into_response()
+            .into_response();
+        if let ApiError::Limited(_, secs) = self {
+            r.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        r
     }
 }

@@ -18,11 +18,14 @@ use serde_json::{json, Value};
 
 use super::auth::{AuthError, Cap, Identity};
 use super::error::{ApiError, Code};
+use super::limits::client_ip;
 use super::{prepare_publish, AppState};
 use crate::broadcast::history_read;
 use crate::game::Creation;
 use crate::ids::{Channel, ChannelKind, MatchId};
-use crate::matches::{match_create, match_find_by_prefix, match_get, match_list, CreateError};
+use crate::matches::{
+    match_create_by, match_find_by_prefix, match_get, match_list, CreateError, CreatedBy,
+};
 
 /// Fewest hex digits `id_prefix` takes (shorter prefixes match too much to mean a match).
 pub const MIN_ID_PREFIX: usize = 4;
@@ -184,6 +187,12 @@ pub async fn token_create(
             "guest tokens are disabled on this server",
         ));
     }
+    if let Some(ip) = client_ip(&parts, &app.config.trusted_proxies) {
+        app.limits
+            .guest_tokens
+            .take(&ip)
+            .map_err(|wait| ApiError::limited("too many guest tokens for this address", wait))?;
+    }
     let name = match body.name {
         Some(n) if n.chars().count() > 64 || n.chars().any(char::is_control) => {
             return Err(ApiError::bad_request(
@@ -231,6 +240,7 @@ pub struct CreateMatchBody {
 
 pub async fn match_create_handler(
     State(app): State<Arc<AppState>>,
+    parts: Parts,
     Authed(me): Authed,
     Body(body): Body<CreateMatchBody>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -257,10 +267,26 @@ pub async fn match_create_handler(
             )))
         }
     }
-    let (info, written) = match_create(&app.pool, game.as_ref(), &body.config)
+    if let Some(ip) = client_ip(&parts, &app.config.trusted_proxies) {
+        app.limits.matches.take(&ip).map_err(|wait| {
+            ApiError::limited("too many matches created from this address", wait)
+        })?;
+    }
+    let by = CreatedBy {
+        client: me.client.as_str(),
+        per_minute: app.config.matches_per_client_per_minute,
+    };
+    let (info, written) = match_create_by(&app.pool, game.as_ref(), &body.config, Some(by))
         .await
         .map_err(|e| match e {
             CreateError::BadConfig(m) => ApiError::bad_request(format!("bad config: {m}")),
+            CreateError::RateLimited(secs) => ApiError::Limited(
+                format!(
+                    "at most {} matches per client per minute",
+                    app.config.matches_per_client_per_minute
+                ),
+                secs,
+            ),
             CreateError::Db(e) => e.into(),
         })?;
     app.notifier.written(&written);

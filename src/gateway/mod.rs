@@ -6,6 +6,7 @@ pub mod auth;
 pub mod error;
 pub mod frames;
 pub mod http;
+pub mod limits;
 pub mod serve;
 pub mod web;
 pub mod ws;
@@ -44,6 +45,16 @@ pub struct GatewayConfig {
     pub write_timeout: Duration,
     /// Peers whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Per-connection publish bucket (rate per second, burst); `None`: no limit.
+    pub conn_publish: Option<(f64, f64)>,
+    /// Matches per client and minute, across gateways (0: no limit).
+    pub matches_per_client_per_minute: u32,
+}
+
+/// The keyed limits of a gateway.
+pub struct Limits {
+    pub guest_tokens: limits::Keyed<std::net::IpAddr>,
+    pub matches: limits::Keyed<std::net::IpAddr>,
 }
 
 /// Everything a request handler needs.
@@ -55,6 +66,7 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub notifier: Arc<Notifier>,
     pub config: GatewayConfig,
+    pub limits: Limits,
     /// Distinguishes this process's connection ids from other gateways'.
     pub instance: String,
     pub next_conn: AtomicU64,

@@ -34,7 +34,7 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -301,6 +301,24 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, stop: 
 
 /// Answers a connection over the per-address limit with a 429 and closes it.
 async fn refuse(mut tcp: TcpStream) {
+    // Read (a bounded part of) the request first: a response before the request confuses
+    // clients, which would report a broken connection rather than the 429.
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        let mut buf = [0u8; 4096];
+        let mut seen = Vec::new();
+        while seen.len() < 16 * 1024 {
+            let n = tcp.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+        Ok::<_, io::Error>(())
+    })
+    .await;
     let body = r#"{"code":"rate_limited","message":"too many connections from this address"}"#;
     let response = format!(
         "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n\

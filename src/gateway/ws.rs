@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::auth::{AuthError, Cap, Identity};
 use super::error::Code;
 use super::frames::{self, Request};
+use super::limits::Bucket;
 use super::{prepare_publish, AppState};
 use crate::broadcast::channel_position;
 use crate::broadcast::hub::Outbox;
@@ -53,6 +54,10 @@ const MAX_IN_FLIGHT: usize = 64;
 const MAX_SUBSCRIPTIONS: usize = 256;
 /// Protocol violations tolerated per minute.
 const MAX_VIOLATIONS: usize = 10;
+/// Publishes refused for the connection's rate tolerated within [`REFUSAL_WINDOW`]; the
+/// next one closes the connection with 4008.
+const MAX_REFUSALS: usize = 50;
+const REFUSAL_WINDOW: Duration = Duration::from_secs(10);
 
 /// The close the writer must perform once it has sent what was queued before.
 #[derive(Default)]
@@ -171,6 +176,9 @@ struct Session {
     pending: FuturesOrdered<Pending>,
     /// This connection's presence changes, applied in order, durably ([`Presence`]).
     presence: Presence,
+    /// The connection's publish bucket (`--conn-publish-burst`/`--conn-publish-rate`).
+    publish_bucket: Option<Bucket>,
+    refusals: VecDeque<Instant>,
 }
 
 /// Runs one connection to its end.
@@ -258,6 +266,11 @@ pub async fn run<S, R, E>(
         subs: HashSet::new(),
         violations: VecDeque::new(),
         pending: FuturesOrdered::new(),
+        publish_bucket: app
+            .config
+            .conn_publish
+            .map(|(rate, burst)| Bucket::new(rate, burst)),
+        refusals: VecDeque::new(),
     };
     let idle = app.config.heartbeat * 2;
     let mut deadline = Instant::now() + idle;
@@ -370,6 +383,34 @@ impl Session {
         true
     }
 
+    /// Takes a token from the connection's publish bucket.
+    fn publish_allowed(&mut self) -> bool {
+        match self.publish_bucket.as_mut() {
+            Some(b) => b.take().is_ok(),
+            None => true,
+        }
+    }
+
+    /// Counts a refused publish; false (after closing with 4008) when the connection keeps
+    /// going after [`MAX_REFUSALS`] refusals within [`REFUSAL_WINDOW`].
+    fn refused(&mut self) -> bool {
+        metrics::counter!("postgame_rate_limited_total", "limit" => "connection").increment(1);
+        let now = Instant::now();
+        while self
+            .refusals
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > REFUSAL_WINDOW)
+        {
+            self.refusals.pop_front();
+        }
+        self.refusals.push_back(now);
+        if self.refusals.len() > MAX_REFUSALS {
+            self.closer.close(close::TOO_SLOW, "rate limited");
+            return false;
+        }
+        true
+    }
+
     /// Handles a text frame; false when the connection must close.
     async fn on_text(&mut self, text: &str) -> bool {
         if text.len() > self.app.config.max_frame_bytes {
@@ -389,6 +430,14 @@ impl Session {
                     self.leave(&channel).await;
                 }
                 self.reply(frames::unsubscribed(&id, &channel));
+            }
+            Request::Publish { .. } if !self.publish_allowed() => {
+                self.fail(
+                    &id,
+                    Code::RateLimited,
+                    "publishing faster than this connection's limit; slow down",
+                );
+                return self.refused();
             }
             Request::Publish {
                 channel,

@@ -267,6 +267,11 @@ pub async fn match_create_handler(
             )))
         }
     }
+    if super::has_nul(&body.config) {
+        return Err(ApiError::bad_request(
+            "`config` may not contain the NUL character (\\u0000)",
+        ));
+    }
     if let Some(ip) = client_ip(&parts, &app.config.trusted_proxies) {
         app.limits.matches.take(&ip).map_err(|wait| {
             ApiError::limited("too many matches created from this address", wait)
@@ -306,6 +311,17 @@ pub struct ListQuery {
     id_prefix: Option<String>,
 }
 
+/// A short text parameter that reaches Postgres: 1 to 128 characters, no control
+/// characters (a NUL would make Postgres refuse the whole statement: a 500 otherwise).
+fn text_param(field: &str, value: &str) -> Result<(), ApiError> {
+    if value.is_empty() || value.chars().count() > 128 || value.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!(
+            "`{field}` has 1 to 128 characters and no control characters"
+        )));
+    }
+    Ok(())
+}
+
 pub async fn match_list_handler(
     State(app): State<Arc<AppState>>,
     Authed(_me): Authed,
@@ -325,6 +341,11 @@ pub async fn match_list_handler(
             .await?
             .ok_or_else(|| ApiError::bad_request("`id_prefix` has 4 to 32 hex digits"))?;
         return Ok(Json(json!({ "matches": matches })));
+    }
+    for (field, value) in [("game", &q.game), ("status", &q.status)] {
+        if let Some(v) = value {
+            text_param(field, v)?;
+        }
     }
     let matches = match_list(&app.pool, q.game.as_deref(), q.status.as_deref(), limit).await?;
     Ok(Json(json!({ "matches": matches })))

@@ -81,7 +81,7 @@ const MAX_NAME: usize = 128;
 /// Longest idempotency key.
 const MAX_KEY: usize = 200;
 
-fn has_nul(v: &Value) -> bool {
+pub(crate) fn has_nul(v: &Value) -> bool {
     match v {
         Value::String(s) => s.contains('\0'),
         Value::Array(a) => a.iter().any(has_nul),

@@ -15,7 +15,7 @@
 //! - **File descriptors**: when `accept` fails for want of descriptors (EMFILE/ENFILE),
 //!   a spare descriptor kept for the purpose is released to accept the waiting connection
 //!   and close it at once (rather than leave it queued, or spin), old connections keep
-//!   being served, and the condition is logged once per episode.
+//!   being served, and the condition is logged at most once a minute.
 //!
 //! `postgame_tcp_connections` counts the sockets that are really open (until the last
 //! handle on them is dropped, upgraded WebSockets included).
@@ -225,6 +225,8 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, stop: 
     let per_ip = Arc::new(PerIp::default());
     let mut spare = spare_fd();
     let mut starved = false;
+    // Logged at most once a minute, however often it flaps.
+    let mut last_logged: Option<Instant> = None;
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
@@ -234,8 +236,9 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, stop: 
             Ok(a) => a,
             Err(e) if out_of_descriptors(&e) => {
                 metrics::counter!("postgame_accept_refused_total", "reason" => "fds").increment(1);
-                if !starved {
-                    starved = true;
+                starved = true;
+                if last_logged.map_or(true, |t| t.elapsed() >= Duration::from_secs(60)) {
+                    last_logged = Some(Instant::now());
                     tracing::error!(
                         error = %e,
                         "out of file descriptors: new connections are closed at once until \
@@ -265,7 +268,7 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, stop: 
         };
         if starved {
             starved = false;
-            tracing::info!("file descriptors available again: accepting connections");
+            tracing::debug!("file descriptors available again: accepting connections");
         }
         if spare.is_none() {
             spare = spare_fd();

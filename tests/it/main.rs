@@ -13,6 +13,7 @@ mod bench_ticks;
 mod capabilities;
 mod clock;
 mod concurrency;
+mod edge_input;
 mod edge_limits;
 mod edge_safe;
 mod edge_sockets;

@@ -71,7 +71,8 @@ impl FromRequestParts<Arc<AppState>> for Authed {
 pub struct Body<T>(pub T);
 
 impl<T: DeserializeOwned> Body<T> {
-    fn parse(bytes: &[u8]) -> Result<Self, ApiError> {
+    /// Parses a request body (public for the fuzzers).
+    pub fn parse(bytes: &[u8]) -> Result<Self, ApiError> {
         let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
             b"{}".as_slice()
         } else {

@@ -120,6 +120,42 @@ struct Counters {
 }
 
 /// One worker task: the `run_once` loop, stamping what each committed transaction applied.
+/// A running bench worker: what it applied, and when.
+type WorkerTask = tokio::task::JoinHandle<Vec<(i64, Instant)>>;
+
+/// Starts `args.workers` workers applying `Recorded` inputs, each counting into
+/// `counters`; cancel the token to stop them, then await the handles.
+fn start_workers(
+    pool: &PgPool,
+    notifier: &Arc<Notifier>,
+    args: &QueueArgs,
+    counters: &Arc<Counters>,
+) -> (Vec<WorkerTask>, CancellationToken) {
+    let worker = Worker::new(
+        pool.clone(),
+        Registry::new().with(Recorded),
+        Arc::clone(notifier),
+        WorkerConfig {
+            batch_size: args.batch_size.max(1),
+            batch_per_match: args.batch_per_match.max(1),
+            max_attempts: 5,
+            poll_interval: IDLE_POLL,
+        },
+    );
+    let stop = CancellationToken::new();
+    let workers = (0..args.workers)
+        .map(|_| {
+            tokio::spawn(work(
+                worker.clone(),
+                Arc::clone(&notifier.control_local),
+                Arc::clone(counters),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    (workers, stop)
+}
+
 async fn work(
     worker: Worker,
     wake: Arc<Notify>,
@@ -370,29 +406,9 @@ async fn phases(
 
     // 3. Drain with W workers.
     let counters = Arc::new(Counters::default());
-    let worker = Worker::new(
-        pool.clone(),
-        Registry::new().with(Recorded),
-        Arc::clone(notifier),
-        WorkerConfig {
-            batch_size: args.batch_size.max(1),
-            batch_per_match: args.batch_per_match.max(1),
-            max_attempts: 5,
-            poll_interval: IDLE_POLL,
-        },
-    );
-    let workers_stop = CancellationToken::new();
     let bar = Bar::new(show_progress, "applied", &counters.processed, args.messages);
     let started = Instant::now();
-    let mut workers = Vec::new();
-    for _ in 0..args.workers {
-        workers.push(tokio::spawn(work(
-            worker.clone(),
-            Arc::clone(&notifier.control_local),
-            Arc::clone(&counters),
-            workers_stop.clone(),
-        )));
-    }
+    let (workers, workers_stop) = start_workers(pool, notifier, args, &counters);
     let drained = wait_for(&counters.processed, args.messages, "the drain").await;
     let drain_s = started.elapsed().as_secs_f64();
     bar.finish().await;
@@ -501,27 +517,7 @@ async fn flood_run(
     let client = ClientId::parse("bench").context("a valid client id")?;
     let producers = args.producers.max(1);
     let counters = Arc::new(Counters::default());
-    let worker = Worker::new(
-        pool.clone(),
-        Registry::new().with(Recorded),
-        Arc::clone(notifier),
-        WorkerConfig {
-            batch_size: args.batch_size.max(1),
-            batch_per_match: args.batch_per_match.max(1),
-            max_attempts: 5,
-            poll_interval: IDLE_POLL,
-        },
-    );
-    let workers_stop = CancellationToken::new();
-    let mut workers = Vec::new();
-    for _ in 0..args.workers {
-        workers.push(tokio::spawn(work(
-            worker.clone(),
-            Arc::clone(&notifier.control_local),
-            Arc::clone(&counters),
-            workers_stop.clone(),
-        )));
-    }
+    let (workers, workers_stop) = start_workers(pool, notifier, args, &counters);
     let l = args.latency_messages;
     let phases = async {
         // Baseline: no flood.

@@ -612,3 +612,43 @@ pub fn role_process_with(db_url: &str, role: &str, env: &[(&str, &str)]) -> toki
         .spawn()
         .expect("the postgame binary starts")
 }
+
+/// A Tic Tac Toe game in seven control messages that X wins with the top row, as
+/// (player: 0 for X, 1 for O; name; data), for tests that queue the same game in many
+/// matches and check it was applied exactly once ([`assert_every_match_won_by_x_once`]).
+pub fn x_wins_script() -> [(usize, &'static str, Value); 7] {
+    [
+        (0, "join", json!({})),
+        (1, "join", json!({})),
+        (0, "move", json!({"cell": 0})),
+        (1, "move", json!({"cell": 3})),
+        (0, "move", json!({"cell": 1})),
+        (1, "move", json!({"cell": 4})),
+        (0, "move", json!({"cell": 2})),
+    ]
+}
+
+/// Every one of the `n` matches played [`x_wins_script`] to the end, each message applied
+/// exactly once and in order (version 7, X won, nothing rejected).
+pub async fn assert_every_match_won_by_x_once(pool: &PgPool, n: usize) {
+    let rows: Vec<(String, i64, Value)> =
+        sqlx::query_as("SELECT status, version, state FROM postgame.matches")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), n);
+    for (status, version, state) in rows {
+        assert_eq!(
+            version, 7,
+            "every control message applied exactly once: {state}"
+        );
+        assert_eq!(status, "won", "{state}");
+        assert_eq!(state["winner"], "X", "{state}");
+    }
+    let rejected: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM postgame.messages WHERE name = 'rejected'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(rejected, 0, "moves were applied in order, none twice");
+}

@@ -7,10 +7,12 @@ use std::time::{Duration, Instant};
 
 use postgame::config::Role;
 use postgame::game::Registry;
-use serde_json::{json, Value};
+use serde_json::json;
 use sqlx::PgPool;
 
-use crate::helpers::{role_process_with, TestApp, TestDb, WAIT};
+use crate::helpers::{
+    assert_every_match_won_by_x_once, role_process_with, x_wins_script, TestApp, TestDb, WAIT,
+};
 
 /// The lease the role processes of these tests run with.
 const LEASE: &str = "2";
@@ -85,15 +87,7 @@ async fn a_frozen_worker_loses_its_lease_and_its_late_commit_applies_nothing() {
     }
     // Every match: joins, then X 0, O 3, X 1, O 4, X 2 (X wins), all queued before any
     // worker runs, in script order per match.
-    let script: [(usize, &str, Value); 7] = [
-        (0, "join", json!({})),
-        (1, "join", json!({})),
-        (0, "move", json!({"cell": 0})),
-        (1, "move", json!({"cell": 3})),
-        (0, "move", json!({"cell": 1})),
-        (1, "move", json!({"cell": 4})),
-        (0, "move", json!({"cell": 2})),
-    ];
+    let script = x_wins_script();
     for (who, name, data) in &script {
         let c = if *who == 0 { &mut x } else { &mut o };
         for id in &ids {
@@ -130,22 +124,7 @@ async fn a_frozen_worker_loses_its_lease_and_its_late_commit_applies_nothing() {
         frozen.try_wait().unwrap().is_none(),
         "the woken worker lives on"
     );
-    let rows: Vec<(String, i64, Value)> =
-        sqlx::query_as("SELECT status, version, state FROM postgame.matches")
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
-    assert_eq!(rows.len(), ids.len());
-    for (status, version, state) in rows {
-        assert_eq!(version, 7, "every move applied exactly once: {state}");
-        assert_eq!(status, "won", "{state}");
-    }
-    let rejected: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM postgame.messages WHERE name = 'rejected'")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    assert_eq!(rejected, 0, "moves were applied in order, none twice");
+    assert_every_match_won_by_x_once(&app.pool, ids.len()).await;
     // The woken worker still works: a new match's join is applied.
     let late = app.create_match(&token, "tictactoe", json!({})).await;
     let _ = other.kill().await;

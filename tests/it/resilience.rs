@@ -2,10 +2,13 @@
 //! that panic. Nothing acknowledged is lost or applied twice.
 
 use postgame::config::Role;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::concurrency::{check_all, flood};
-use crate::helpers::{kill_backends, role_process, test_config, TestApp, TestDb};
+use crate::helpers::{
+    assert_every_match_won_by_x_once, kill_backends, role_process, test_config, x_wins_script,
+    TestApp, TestDb,
+};
 use crate::ledger;
 
 #[tokio::test]
@@ -50,15 +53,7 @@ async fn separate_worker_processes_share_the_queue_and_survive_a_kill() {
         ids.push(app.create_match(&token, "tictactoe", json!({})).await);
     }
     // Interleaved across matches: joins, then X 0, O 3, X 1, O 4, X 2 in every match.
-    let script: [(usize, &str, Value); 7] = [
-        (0, "join", json!({})),
-        (1, "join", json!({})),
-        (0, "move", json!({"cell": 0})),
-        (1, "move", json!({"cell": 3})),
-        (0, "move", json!({"cell": 1})),
-        (1, "move", json!({"cell": 4})),
-        (0, "move", json!({"cell": 2})),
-    ];
+    let script = x_wins_script();
     let mut procs = vec![
         role_process(&app.db_url, "worker"),
         role_process(&app.db_url, "worker"),
@@ -91,26 +86,7 @@ async fn separate_worker_processes_share_the_queue_and_survive_a_kill() {
     procs.push(role_process(&app.db_url, "worker"));
     app.wait_until("SELECT NOT EXISTS (SELECT 1 FROM postgame.control)")
         .await;
-    let rows: Vec<(String, i64, Value)> =
-        sqlx::query_as("SELECT status, version, state FROM postgame.matches")
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
-    assert_eq!(rows.len(), 200);
-    for (status, version, state) in rows {
-        assert_eq!(
-            version, 7,
-            "every control message applied exactly once: {state}"
-        );
-        assert_eq!(status, "won", "{state}");
-        assert_eq!(state["winner"], "X", "{state}");
-    }
-    let rejected: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM postgame.messages WHERE name = 'rejected'")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    assert_eq!(rejected, 0, "moves were applied in order");
+    assert_every_match_won_by_x_once(&app.pool, 200).await;
     for mut p in procs {
         let _ = p.kill().await;
     }

@@ -195,6 +195,7 @@ pub async fn start(
                 batch_per_match: config.batch_per_match.max(1),
                 max_attempts: config.max_attempts.max(1),
                 poll_interval: config.poll_interval(),
+                handler_limit: crate::game::limit::DEFAULT_HANDLER_LIMIT,
             },
         );
         for _ in 0..config.workers {

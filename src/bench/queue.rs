@@ -140,6 +140,7 @@ fn start_workers(
             batch_per_match: args.batch_per_match.max(1),
             max_attempts: 5,
             poll_interval: IDLE_POLL,
+            handler_limit: crate::game::limit::DEFAULT_HANDLER_LIMIT,
         },
     );
     let stop = CancellationToken::new();

@@ -7,6 +7,7 @@
 //! in one transaction; a handler that errors or panics changes nothing and its input is
 //! retried.
 
+pub mod limit;
 pub mod noop;
 pub mod pong;
 #[cfg(test)]
@@ -248,6 +249,19 @@ pub trait DynGame: Send + Sync {
         state: &Value,
         inputs: &[Input],
         now: DateTime<Utc>,
+    ) -> Applied {
+        self.apply_reporting(match_id, config, state, inputs, now, &|_| {})
+    }
+    /// [`DynGame::apply`], calling `started(i)` before the handler runs input `i` (so a
+    /// handler time limit can tell which input overran: [`limit::run_limited`]).
+    fn apply_reporting(
+        &self,
+        match_id: MatchId,
+        config: &Value,
+        state: &Value,
+        inputs: &[Input],
+        now: DateTime<Utc>,
+        started: &dyn Fn(usize),
     ) -> Applied;
     fn tick(&self, match_id: MatchId, config: &Value, state: &Value, tick: Tick) -> Applied;
 }
@@ -285,13 +299,14 @@ impl<G: Game> DynGame for G {
         })
     }
 
-    fn apply(
+    fn apply_reporting(
         &self,
         match_id: MatchId,
         config: &Value,
         state: &Value,
         inputs: &[Input],
         now: DateTime<Utc>,
+        started: &dyn Fn(usize),
     ) -> Applied {
         run_steps(
             self,
@@ -300,7 +315,10 @@ impl<G: Game> DynGame for G {
             state,
             inputs.len(),
             now,
-            |cx, s, i, out| self.handle(cx, s, &inputs[i], out),
+            |cx, s, i, out| {
+                started(i);
+                self.handle(cx, s, &inputs[i], out)
+            },
         )
     }
 

@@ -53,6 +53,7 @@ use uuid::Uuid;
 
 use crate::broadcast::notify::Notifier;
 use crate::claim_loop::{self, Backoff, Step};
+use crate::game::limit::run_limited;
 use crate::game::{Registry, Tick};
 use crate::ids::MatchId;
 use crate::matches::{BatchWrites, LoadedMatch};
@@ -64,8 +65,8 @@ pub const DEFAULT_BACKOFF_MIN: Duration = Duration::from_secs(1);
 /// Longest push-back after a failed tick.
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// Longest run of one tick handler (below the default lease, so the batch's transaction
-/// is still alive to record the overrun).
-pub const DEFAULT_HANDLER_LIMIT: Duration = Duration::from_secs(1);
+/// is still alive to record the overrun); the same as the workers'.
+pub const DEFAULT_HANDLER_LIMIT: Duration = crate::game::limit::DEFAULT_HANDLER_LIMIT;
 /// How long an ended match is kept before it is deleted.
 pub const DEFAULT_MATCH_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// How often a process with the ticker role prunes ended matches.
@@ -160,13 +161,6 @@ struct DueMatch {
     next_tick_at: DateTime<Utc>,
     tick_failures: i32,
     now: DateTime<Utc>,
-}
-
-/// What the handler thread reports: a tick started, or a tick done (the match, its tick,
-/// its failures so far, and what the handler returned).
-enum Ran {
-    Started(Uuid, i32),
-    Done(Box<(LoadedMatch, Tick, i32, Result<crate::game::Applied, String>)>),
 }
 
 /// A failed tick to record.
@@ -374,69 +368,34 @@ impl Ticker {
         let mut failures = Vec::new();
         let mut recovered = Vec::new();
         // The handlers run on a thread of their own, one after the other, each within
-        // `handler_limit`: a tick that overruns it is recorded as a failure (pushed back,
-        // then its clock stopped), the matches after it are left for the next claim (still
-        // due; their locks go at this commit), and the stuck thread is abandoned.
-        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+        // `handler_limit` ([`run_limited`]): a tick that overruns it is recorded as a
+        // failure (pushed back, then its clock stopped), the matches after it are left for
+        // the next claim (still due; their locks go at this commit), and the stuck thread
+        // is abandoned.
+        let heads: Vec<(Uuid, i32)> = due.iter().map(|r| (r.id, r.tick_failures)).collect();
         let games = self.games.clone();
-        std::thread::spawn(move || {
-            for row in due {
-                if done_tx
-                    .send(Ran::Started(row.id, row.tick_failures))
-                    .is_err()
-                {
-                    return;
-                }
-                let tick = Tick {
-                    scheduled: row.next_tick_at,
-                    now: row.now,
-                };
-                let failures = row.tick_failures;
-                let m = LoadedMatch {
-                    id: row.id,
-                    game: row.game,
-                    status: row.status,
-                    config: row.config,
-                    state: row.state,
-                    next_tick_at: Some(row.next_tick_at),
-                };
-                let applied = match games.get(&m.game) {
-                    Some(game) => Ok(game.tick(MatchId(m.id), &m.config, &m.state, tick)),
-                    None => Err(format!("unknown game {:?}", m.game)),
-                };
-                if done_tx
-                    .send(Ran::Done(Box::new((m, tick, failures, applied))))
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        });
-        let mut running: Option<(Uuid, i32)> = None;
-        loop {
-            let ran = match tokio::time::timeout(self.config.handler_limit, done_rx.recv()).await {
-                Ok(Some(ran)) => ran,
-                Ok(None) => break,
-                Err(_) => {
-                    if let Some((id, tick_failures)) = running {
-                        let error = format!(
-                            "the tick ran longer than the handler time limit ({:?})",
-                            self.config.handler_limit
-                        );
-                        let now = chrono::Utc::now();
-                        failures.push(self.failure(id, tick_failures, error, now));
-                    }
-                    break;
-                }
+        let (ran, overrun) = run_limited(due, self.config.handler_limit, move |row, _| {
+            let tick = Tick {
+                scheduled: row.next_tick_at,
+                now: row.now,
             };
-            let (m, tick, tick_failures, applied) = match ran {
-                Ran::Started(id, f) => {
-                    running = Some((id, f));
-                    continue;
-                }
-                Ran::Done(d) => *d,
+            let failures = row.tick_failures;
+            let m = LoadedMatch {
+                id: row.id,
+                game: row.game,
+                status: row.status,
+                config: row.config,
+                state: row.state,
+                next_tick_at: Some(row.next_tick_at),
             };
-            running = None;
+            let applied = match games.get(&m.game) {
+                Some(game) => Ok(game.tick(MatchId(m.id), &m.config, &m.state, tick)),
+                None => Err(format!("unknown game {:?}", m.game)),
+            };
+            (m, tick, failures, applied)
+        })
+        .await;
+        for (m, tick, tick_failures, applied) in ran {
             let lateness = (tick.now - tick.scheduled).to_std().unwrap_or_default();
             metrics::histogram!("postgame_tick_lateness_seconds").record(lateness.as_secs_f64());
             let error = match applied {
@@ -452,6 +411,14 @@ impl Ticker {
                 Err(e) => e,
             };
             failures.push(self.failure(m.id, tick_failures, error, tick.now));
+        }
+        if let Some(overrun) = overrun {
+            let (id, tick_failures) = heads[overrun.job];
+            let error = format!(
+                "the tick ran longer than the handler time limit ({:?})",
+                self.config.handler_limit
+            );
+            failures.push(self.failure(id, tick_failures, error, chrono::Utc::now()));
         }
 
         let written = writes.write(&mut tx).await?;

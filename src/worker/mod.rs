@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use crate::broadcast::notify::Notifier;
 use crate::claim_loop::{self, Backoff, Step};
+use crate::game::limit::run_limited;
 use crate::game::{Input, Registry, PRESENCE_CONNECTED, PRESENCE_DISCONNECTED};
 use crate::ids::{ClientId, MatchId};
 use crate::matches::{matches_load, BatchWrites};
@@ -36,6 +37,8 @@ pub struct WorkerConfig {
     pub batch_per_match: i64,
     pub max_attempts: i32,
     pub poll_interval: Duration,
+    /// Longest run of one input's handler; an overrun fails that input.
+    pub handler_limit: Duration,
 }
 
 /// What one [`Worker::run_once`] did.
@@ -131,7 +134,7 @@ impl Worker {
                 })
                 .push(row.clone());
         }
-        let loaded: HashMap<Uuid, _> = matches_load(&mut tx, &order)
+        let mut loaded: HashMap<Uuid, _> = matches_load(&mut tx, &order)
             .await?
             .into_iter()
             .map(|m| (m.id, m))
@@ -141,10 +144,14 @@ impl Worker {
         let mut processed: Vec<i64> = Vec::new();
         let mut unheld: Vec<Uuid> = Vec::new();
         let mut failures: Vec<(ControlRow, String)> = Vec::new();
+        // One job per match: its stored match, game and readable inputs; beside it, the
+        // match's error of its first unreadable input, if any.
+        let mut jobs = Vec::with_capacity(order.len());
+        let mut bad_inputs = Vec::with_capacity(order.len());
         for match_id in &order {
             let group = &groups[match_id];
             // Rows of a deleted match are deleted with it (ON DELETE CASCADE).
-            let Some(m) = loaded.get(match_id) else {
+            let Some(m) = loaded.remove(match_id) else {
                 continue;
             };
             let Some(game) = self.games.get(&m.game) else {
@@ -163,18 +170,46 @@ impl Worker {
                     }
                 }
             }
-            let applied = game.apply(MatchId(*match_id), &m.config, &m.state, &inputs, now);
-            let (n, error) = writes.record(m, applied);
+            jobs.push((m, Arc::clone(game), inputs));
+            bad_inputs.push(bad_input);
+        }
+        // The handlers run on a thread of their own, each input within `handler_limit`
+        // ([`run_limited`]): an input that overruns it fails (retried after a hold, then
+        // dead-lettered), the inputs before it in its match are retried with it, the
+        // matches after it in the batch are left for the next claim (their rows stay; their
+        // locks go at this commit), and the stuck thread is abandoned.
+        let ids: Vec<Uuid> = jobs.iter().map(|(m, _, _)| m.id).collect();
+        let (ran, overrun) = run_limited(
+            jobs,
+            self.config.handler_limit,
+            move |(m, game, inputs), started| {
+                let applied =
+                    game.apply_reporting(MatchId(m.id), &m.config, &m.state, &inputs, now, started);
+                (m, inputs.len(), applied)
+            },
+        )
+        .await;
+        for ((m, inputs, applied), bad_input) in ran.into_iter().zip(bad_inputs) {
+            let group = &groups[&m.id];
+            let (n, error) = writes.record(&m, applied);
             if n > 0 {
                 processed.extend(group[..n].iter().map(|r| r.id));
                 if group[0].attempts > 0 {
-                    unheld.push(*match_id);
+                    unheld.push(m.id);
                 }
             }
-            let error = error.or(if n == inputs.len() { bad_input } else { None });
+            let error = error.or(if n == inputs { bad_input } else { None });
             if let Some(error) = error {
                 failures.push((group[n].clone(), error));
             }
+        }
+        if let Some(overrun) = overrun {
+            let row = &groups[&ids[overrun.job]][overrun.step];
+            let error = format!(
+                "the handler ran longer than the handler time limit ({:?})",
+                self.config.handler_limit
+            );
+            failures.push((row.clone(), error));
         }
 
         let written = writes.write(&mut tx).await?;

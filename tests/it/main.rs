@@ -20,6 +20,7 @@ mod edge_sockets;
 mod edge_tokens;
 mod fairness;
 mod first_run;
+mod handler_limit;
 mod leases;
 mod limits;
 mod lobby;

@@ -15,22 +15,19 @@
 //!    enqueue commit returning to the commit of the worker transaction that applied it
 //!    returning.
 //!
-//! How a message's processing time is known: the matches run `noop` wrapped in
-//! [`Recorded`], which notes each applied `msg_id` in a task-local list of the worker task
-//! that runs it; the loop stamps that list with the instant `run_once` returned `Ok`
-//! (committed), and drops it when the transaction failed (the rows come back).
+//! How a message's processing time is known: the loop calls `Worker::run_once_applied`,
+//! which returns the ids of the rows a committed transaction applied, and stamps them with
+//! the instant it returned `Ok` (a failed transaction applied nothing: the rows come back).
 //!
 //! At the end the database is checked: the queue is empty and the matches counted every
 //! message exactly once; any difference is reported in `errors`.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -40,8 +37,8 @@ use tokio_util::sync::CancellationToken;
 use super::{histogram, progress_count, Latency, Report};
 use crate::broadcast::notify::Notifier;
 use crate::config::QueueArgs;
-use crate::game::noop::{self, Noop};
-use crate::game::{Cx, Game, GameError, Input, Outgoing, Registry, Tick};
+use crate::game::noop::Noop;
+use crate::game::Registry;
 use crate::ids::{Channel, ClientId, MatchId};
 use crate::queue::publisher::{commit_batch, PublishRequest};
 use crate::worker::{Worker, WorkerConfig};
@@ -52,65 +49,6 @@ pub const BULK_BATCH: usize = 256;
 const IDLE_POLL: Duration = Duration::from_millis(500);
 /// A phase that makes no progress for this long has failed.
 const STALL: Duration = Duration::from_secs(60);
-
-tokio::task_local! {
-    /// The `msg_id`s the current worker transaction applied.
-    static APPLIED: RefCell<Vec<i64>>;
-}
-
-/// The `noop` game plus instrumentation: notes every applied message in [`APPLIED`]. The
-/// state, the schedule and the messages are exactly `noop`'s.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Recorded;
-
-impl Game for Recorded {
-    type Config = noop::Config;
-    type State = noop::State;
-
-    fn name(&self) -> &'static str {
-        noop::NAME
-    }
-
-    fn config(&self, raw: &Value) -> Result<Self::Config, String> {
-        Noop.config(raw)
-    }
-
-    fn create(&self, cx: &Cx<'_, Self::Config>, out: &mut Vec<Outgoing>) -> Self::State {
-        Noop.create(cx, out)
-    }
-
-    fn handle(
-        &self,
-        cx: &Cx<'_, Self::Config>,
-        state: &mut Self::State,
-        input: &Input,
-        out: &mut Vec<Outgoing>,
-    ) -> Result<(), GameError> {
-        if let Input::Client { msg_id, .. } = input {
-            // Outside a recording scope (not a bench worker) there is nothing to note.
-            let _ = APPLIED.try_with(|a| a.borrow_mut().push(*msg_id));
-        }
-        Noop.handle(cx, state, input, out)
-    }
-
-    fn tick(
-        &self,
-        cx: &Cx<'_, Self::Config>,
-        state: &mut Self::State,
-        tick: Tick,
-        out: &mut Vec<Outgoing>,
-    ) -> Result<(), GameError> {
-        Game::tick(&Noop, cx, state, tick, out)
-    }
-
-    fn status(&self, state: &Self::State) -> &'static str {
-        Noop.status(state)
-    }
-
-    fn next_tick_at(&self, state: &Self::State) -> Option<DateTime<Utc>> {
-        Noop.next_tick_at(state)
-    }
-}
 
 /// Counters shared by the workers and the phases.
 #[derive(Default)]
@@ -133,7 +71,7 @@ fn start_workers(
 ) -> (Vec<WorkerTask>, CancellationToken) {
     let worker = Worker::new(
         pool.clone(),
-        Registry::new().with(Recorded),
+        Registry::new().with(Noop),
         Arc::clone(notifier),
         WorkerConfig {
             batch_size: args.batch_size.max(1),
@@ -170,14 +108,8 @@ async fn work(
         let notified = wake.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let (result, ids) = APPLIED
-            .scope(RefCell::new(Vec::new()), async {
-                let r = worker.run_once().await;
-                (r, APPLIED.with(RefCell::take))
-            })
-            .await;
-        match result {
-            Ok(outcome) => {
+        match worker.run_once_applied().await {
+            Ok((outcome, ids)) => {
                 let at = Instant::now();
                 failures = 0;
                 counters

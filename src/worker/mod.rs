@@ -109,6 +109,11 @@ impl Worker {
 
     /// Claims and applies one batch in one transaction.
     pub async fn run_once(&self) -> sqlx::Result<Outcome> {
+        Ok(self.run_once_applied().await?.0)
+    }
+
+    /// [`Worker::run_once`], also returning the ids of the rows it applied (committed).
+    pub async fn run_once_applied(&self) -> sqlx::Result<(Outcome, Vec<i64>)> {
         let mut tx = self.pool.begin().await?;
         let claim =
             control_claim(&mut tx, self.config.batch_size, self.config.batch_per_match).await?;
@@ -117,10 +122,11 @@ impl Worker {
             // Heads whose rows were consumed meanwhile (or stale ones) are removed here.
             control_heads_settle(&mut tx, &claim.matches).await?;
             tx.commit().await?;
-            return Ok(Outcome {
+            let outcome = Outcome {
                 matches: claim.matches.len(),
                 ..Outcome::default()
-            });
+            };
+            return Ok((outcome, Vec::new()));
         }
         // Group by match, keeping id order inside each group.
         let mut order: Vec<Uuid> = Vec::new();
@@ -235,12 +241,13 @@ impl Worker {
         metrics::counter!("postgame_control_failed_total").increment(failures.len() as u64);
         metrics::counter!("postgame_control_dead_total").increment(dead);
         metrics::histogram!("postgame_worker_batch_size").record(rows.len() as f64);
-        Ok(Outcome {
+        let outcome = Outcome {
             matches: claim.matches.len(),
             claimed: rows.len(),
             applied: processed.len(),
             failed: failures.len(),
-        })
+        };
+        Ok((outcome, processed))
     }
 
     /// Runs batches until `stop`: straight on while there is work, otherwise sleeping until

@@ -27,8 +27,8 @@ fn signal(pid: u32, sig: &str) {
 }
 
 /// Freezes the process `pid` (SIGSTOP) at a moment when one of its transactions is open
-/// (its backend, named `app`, is `idle in transaction` and stays so while the process is
-/// stopped). Returns that backend's pid.
+/// with matches locked (its backend, named `app`, is `idle in transaction` and stays so
+/// while the process is stopped). Returns that backend's pid.
 async fn freeze_mid_transaction(pool: &PgPool, pid: u32, app: &str) -> i32 {
     let deadline = Instant::now() + WAIT * 4;
     loop {
@@ -36,9 +36,14 @@ async fn freeze_mid_transaction(pool: &PgPool, pid: u32, app: &str) -> i32 {
             Instant::now() < deadline,
             "never caught {app} inside a transaction"
         );
+        // A transaction that has loaded its matches (locked them), so it holds claimed
+        // work: one caught between two statements of its claim may hold nothing yet.
         let open: Option<i32> = sqlx::query_scalar(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()
-               AND application_name = $1 AND state = 'idle in transaction' LIMIT 1",
+            "SELECT a.pid FROM pg_stat_activity a WHERE a.datname = current_database()
+               AND a.application_name = $1 AND a.state = 'idle in transaction'
+               AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid
+                           AND l.relation = 'postgame.matches'::regclass)
+             LIMIT 1",
         )
         .bind(app)
         .fetch_optional(pool)

@@ -57,11 +57,10 @@ struct Counters {
     errors: AtomicU64,
 }
 
-/// One worker task: the `run_once` loop, stamping what each committed transaction applied.
 /// A running bench worker: what it applied, and when.
 type WorkerTask = tokio::task::JoinHandle<Vec<(i64, Instant)>>;
 
-/// Starts `args.workers` workers applying `Recorded` inputs, each counting into
+/// Starts `args.workers` workers applying `noop` inputs, each counting into
 /// `counters`; cancel the token to stop them, then await the handles.
 fn start_workers(
     pool: &PgPool,
@@ -95,6 +94,7 @@ fn start_workers(
     (workers, stop)
 }
 
+/// One worker task: the `run_once` loop, stamping what each committed transaction applied.
 async fn work(
     worker: Worker,
     wake: Arc<Notify>,

@@ -2,18 +2,13 @@
 //! never written twice, and a refused publish is never overtaken by the later publishes of
 //! its connection that were already in flight.
 
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::helpers::{TestApp, TestDb};
+use crate::helpers::{state_field, TestApp, TestDb};
 use crate::ledger;
 
 async fn seen(app: &TestApp, id: &str) -> Vec<(String, i64, i64)> {
-    let state: Value = sqlx::query_scalar("SELECT state FROM postgame.matches WHERE id = $1::uuid")
-        .bind(id)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    serde_json::from_value(state["seen"].clone()).unwrap()
+    state_field(app, id, "seen").await
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ use postgame::game::{Cx, Game, GameError, Input, Outgoing, Registry};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::helpers::{TestApp, TestDb};
+use crate::helpers::{state_field, TestApp, TestDb};
 
 /// A game that records `data.n` of every input, except `hang`, whose handler never
 /// returns.
@@ -57,12 +57,7 @@ impl Game for Hanger {
 }
 
 async fn seen(app: &TestApp, id: &str) -> Vec<i64> {
-    let state: Value = sqlx::query_scalar("SELECT state FROM postgame.matches WHERE id = $1::uuid")
-        .bind(id)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    serde_json::from_value(state["seen"].clone()).unwrap()
+    state_field(app, id, "seen").await
 }
 
 #[tokio::test]

@@ -652,3 +652,18 @@ pub async fn assert_every_match_won_by_x_once(pool: &PgPool, n: usize) {
             .unwrap();
     assert_eq!(rejected, 0, "moves were applied in order, none twice");
 }
+
+/// Field `field` of match `id`'s stored state, as `T` (the test games keep what they saw
+/// there).
+pub async fn state_field<T: serde::de::DeserializeOwned>(
+    app: &TestApp,
+    id: &str,
+    field: &str,
+) -> T {
+    let state: Value = sqlx::query_scalar("SELECT state FROM postgame.matches WHERE id = $1::uuid")
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    serde_json::from_value(state[field].clone()).unwrap()
+}

@@ -1,18 +1,13 @@
 //! Per-client limits (shared by every connection and gateway of a client) and bad input
 //! that stays the sender's problem.
 
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::helpers::{TestApp, TestDb};
+use crate::helpers::{state_field, TestApp, TestDb};
 use crate::ledger;
 
 async fn seen(app: &TestApp, id: &str) -> Vec<(String, i64, i64)> {
-    let state: Value = sqlx::query_scalar("SELECT state FROM postgame.matches WHERE id = $1::uuid")
-        .bind(id)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    serde_json::from_value(state["seen"].clone()).unwrap()
+    state_field(app, id, "seen").await
 }
 
 #[tokio::test]

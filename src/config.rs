@@ -43,6 +43,60 @@ pub enum Command {
     Doctor(DatabaseConfig),
     /// Start or stop the private PostgreSQL cluster of `--data-dir` (for scripts).
     Cluster(ClusterArgs),
+    /// Run 2 gateways, 3 workers and 2 tickers as processes on a private PostgreSQL
+    /// cluster, drive games through them while killing, freezing and restarting things at
+    /// random, then check every guarantee; exits non-zero on any violation.
+    Chaos(ChaosArgs),
+}
+
+/// `postgame chaos`.
+#[derive(Debug, Clone, Args)]
+pub struct ChaosArgs {
+    /// Seconds of faults (setup, quiescing and checking come on top).
+    #[arg(long, default_value_t = 60.0)]
+    pub duration: f64,
+
+    /// Seed of the fault schedule (kinds, targets, hold times, gaps): the same seed injects
+    /// the same faults in the same order. Random (and printed) when absent.
+    #[arg(long)]
+    pub seed: Option<u64>,
+
+    /// Mean seconds between one fault's end and the next one's start.
+    #[arg(long, default_value_t = 4.0)]
+    pub fault_interval: f64,
+
+    /// Tic Tac Toe matches (two players each, with chat).
+    #[arg(long, default_value_t = 6)]
+    pub tictactoe: usize,
+
+    /// Pong matches (one player against the bot each; a finished one is replaced).
+    #[arg(long, default_value_t = 2)]
+    pub pong: usize,
+
+    /// Tic Tac Toe `turn_seconds`: players sometimes stall, and the turn timer must fire.
+    #[arg(long, default_value_t = 3)]
+    pub turn_seconds: u32,
+
+    /// The processes' `--lease-seconds`.
+    #[arg(long, default_value_t = 2.0)]
+    pub lease_seconds: f64,
+
+    /// The processes' `--presence-timeout-seconds`.
+    #[arg(long, default_value_t = 3.0)]
+    pub presence_timeout_seconds: f64,
+
+    /// Folder for the run (cluster and process logs); a fresh folder under the system's
+    /// temporary folder when absent. Deleted after a clean run unless `--keep`.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+
+    /// Keep the run's folder (cluster data and process logs) even after a clean run.
+    #[arg(long)]
+    pub keep: bool,
+
+    /// Folder holding PostgreSQL's `initdb`, `pg_ctl` and `postgres`; searched when absent.
+    #[arg(long, env = "POSTGAME_PG_BINDIR")]
+    pub pg_bindir: Option<PathBuf>,
 }
 
 /// `postgame cluster`.

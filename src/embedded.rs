@@ -122,26 +122,46 @@ impl Cluster {
             return Ok(cluster);
         }
         cluster.write_settings()?;
-        let log = cluster.data_dir.join("postgres.log");
-        let mut start = cluster.pg_command("pg_ctl");
+        cluster.start_server().await?;
+        cluster.started_here = true;
+        Ok(cluster)
+    }
+
+    /// Starts the (stopped) server of this folder and waits until it accepts connections.
+    pub async fn start_server(&self) -> anyhow::Result<()> {
+        let log = self.data_dir.join("postgres.log");
+        let mut start = self.pg_command("pg_ctl");
         start
             .args(["start", "-w", "-s", "-t", PG_CTL_WAIT_SECONDS, "-D"])
-            .arg(&cluster.data_dir)
+            .arg(&self.data_dir)
             .arg("-l")
             .arg(&log);
-        let out = run(cluster.as_user(start))
+        let out = run(self.as_user(start))
             .await
             .context("cannot run pg_ctl")?;
         if !out.status.success() {
             bail!(
                 "the private PostgreSQL cluster in {} did not start: {}\n(its log is {})",
-                cluster.data_dir.display(),
+                self.data_dir.display(),
                 output_text(&out),
                 log.display()
             );
         }
-        cluster.started_here = true;
-        Ok(cluster)
+        Ok(())
+    }
+
+    /// Stops the server without giving it up (`postgame chaos` starts it again with
+    /// [`Self::start_server`]): `-m fast` (sessions ended, a checkpoint written) or, when
+    /// `crash`, `-m immediate` (no checkpoint: recovery runs at the next start, as after a
+    /// crash of the host).
+    pub async fn stop_server(&self, crash: bool) -> anyhow::Result<()> {
+        let out = run(self.stop_command_mode(if crash { "immediate" } else { "fast" }))
+            .await
+            .context("cannot run pg_ctl")?;
+        if !out.status.success() {
+            bail!("pg_ctl stop failed: {}", output_text(&out));
+        }
+        Ok(())
     }
 
     /// The cluster of `data_dir` without starting it: created (initdb) when the folder
@@ -314,13 +334,17 @@ impl Cluster {
     }
 
     fn stop_command(&self) -> StdCommand {
+        self.stop_command_mode("fast")
+    }
+
+    fn stop_command_mode(&self, mode: &str) -> StdCommand {
         let mut cmd = self.pg_command("pg_ctl");
         cmd.args([
             "stop",
             "-w",
             "-s",
             "-m",
-            "fast",
+            mode,
             "-t",
             PG_CTL_WAIT_SECONDS,
             "-D",

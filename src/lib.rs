@@ -16,6 +16,7 @@
 //! - [`broadcast`]: the message log, NOTIFY/LISTEN wake-ups, fan-out, retention.
 //! - [`gateway`]: HTTP and WebSocket.
 //! - [`bench`]: `postgame bench`, the load generators.
+//! - [`chaos`]: `postgame chaos`, the fault injector and guarantee checker.
 //! - [`testkit`]: drive a game in a unit test, without a database.
 //!
 //! [`start`] runs the roles of one process; `main.rs` only parses flags and waits for a
@@ -25,6 +26,7 @@
 
 pub mod bench;
 pub mod broadcast;
+pub mod chaos;
 pub mod claim_loop;
 pub mod config;
 pub mod doctor;

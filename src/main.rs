@@ -49,6 +49,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => postgame::bench::run(args).await?,
         Command::Doctor(db) => return Ok(postgame::doctor::run(db).await),
         Command::Cluster(args) => postgame::embedded::command(args).await?,
+        Command::Chaos(args) => return postgame::chaos::run(args).await,
         Command::Serve(mut config) => {
             // A secret that would be refused is refused (or, on loopback, warned about)
             // before anything starts.

@@ -15,13 +15,15 @@ use crate::game::{Applied, Delivery, DynGame, Outgoing, To};
 use crate::ids::{Channel, MatchId, Seq};
 
 /// A match as the HTTP API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct MatchInfo {
     pub id: Uuid,
     pub game: String,
     pub status: String,
     pub config: Value,
     pub created_at: DateTime<Utc>,
+    /// The game's label ([`crate::game::Game::label`]), `{}` when it sets none.
+    pub label: Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<Value>,
 }
@@ -164,20 +166,21 @@ pub async fn match_create_by(
         .create(id, raw_config, now)
         .map_err(CreateError::BadConfig)?;
     let view = latest_view(&created.out);
-    let row = sqlx::query!(
+    let created_at: DateTime<Utc> = sqlx::query_scalar(
         r#"
-        INSERT INTO postgame.matches (id, game, status, config, state, view, next_tick_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        INSERT INTO postgame.matches (id, game, status, config, state, view, next_tick_at, label)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
         RETURNING created_at
         "#,
-        id.0,
-        game.name(),
-        created.status,
-        created.config,
-        created.state,
-        view,
-        created.next_tick_at
     )
+    .bind(id.0)
+    .bind(game.name())
+    .bind(created.status)
+    .bind(&created.config)
+    .bind(&created.state)
+    .bind(view)
+    .bind(created.next_tick_at)
+    .bind(&created.label)
     .fetch_one(&mut *tx)
     .await?;
     if let Some(by) = by {
@@ -198,7 +201,8 @@ pub async fn match_create_by(
             game: game.name().to_owned(),
             status: created.status.to_owned(),
             config: created.config,
-            created_at: row.created_at,
+            created_at,
+            label: created.label,
             state: None,
         },
         Written { heads, latest },
@@ -208,17 +212,16 @@ pub async fn match_create_by(
 /// One match with its latest `state` data: the match channel's latest value of `state`
 /// if the game sends one, else the last logged `state`.
 pub async fn match_get(db: impl PgExecutor<'_>, id: MatchId) -> sqlx::Result<Option<MatchInfo>> {
-    sqlx::query_as!(
-        MatchInfo,
+    sqlx::query_as(
         r#"
-        SELECT m.id, m.game, m.status, m.config, m.created_at,
+        SELECT m.id, m.game, m.status, m.config, m.created_at, m.label,
                coalesce(l.data, m.view) AS state
         FROM postgame.matches m
         LEFT JOIN postgame.latest l ON l.channel = 'match:' || m.id AND l.name = 'state'
         WHERE m.id = $1
         "#,
-        id.0
     )
+    .bind(id.0)
     .fetch_optional(db)
     .await
 }
@@ -234,57 +237,103 @@ pub async fn match_exists(db: impl PgExecutor<'_>, id: MatchId) -> sqlx::Result<
     Ok(found)
 }
 
-/// Matches newest first, optionally filtered.
-pub async fn match_list(
-    db: impl PgExecutor<'_>,
-    game: Option<&str>,
-    status: Option<&str>,
-    limit: i64,
-) -> sqlx::Result<Vec<MatchInfo>> {
-    sqlx::query_as!(
-        MatchInfo,
-        r#"
-        SELECT id, game, status, config, created_at, NULL::jsonb AS state
-        FROM postgame.matches
-        WHERE ($1::text IS NULL OR game = $1) AND ($2::text IS NULL OR status = $2)
-        ORDER BY created_at DESC, id
-        LIMIT $3
-        "#,
-        game,
-        status,
-        limit
-    )
-    .fetch_all(db)
-    .await
+/// Where a listing page starts: after the match with this creation time and id (the
+/// last one of the previous page; pages go newest first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub created_at: DateTime<Utc>,
+    pub id: Uuid,
 }
 
-/// The matches whose id starts with `prefix` (hex digits, dashes ignored: the 8-character
-/// code the demo's lobby shows), newest first. Uses the primary key: the prefix is a range
-/// of ids. `None` when `prefix` is not 1..=32 hex digits.
-pub async fn match_find_by_prefix(
+impl Cursor {
+    /// The cursor after `m`.
+    pub fn after(m: &MatchInfo) -> Self {
+        Self {
+            created_at: m.created_at,
+            id: m.id,
+        }
+    }
+
+    /// Parses the opaque form [`Cursor::encode`] makes: `<microseconds>.<id hex>`.
+    pub fn parse(raw: &str) -> Option<Self> {
+        let (micros, id) = raw.split_once('.')?;
+        if id.len() != 32 {
+            return None;
+        }
+        Some(Self {
+            created_at: DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+            id: Uuid::try_parse(id).ok()?,
+        })
+    }
+
+    /// The opaque text clients pass back as `after`.
+    pub fn encode(&self) -> String {
+        format!(
+            "{}.{}",
+            self.created_at.timestamp_micros(),
+            self.id.simple()
+        )
+    }
+}
+
+/// What [`match_list`] returns: every condition set here holds for every match listed.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter<'a> {
+    pub game: Option<&'a str>,
+    pub status: Option<&'a str>,
+    /// JSON containment on the label (`label @> …`): a JSON object.
+    pub label: Option<&'a Value>,
+    /// Ids from the first to the second, both included (a lobby code: [`prefix_range`]).
+    pub ids: Option<(Uuid, Uuid)>,
+    /// Only matches created before (or at the same time with a smaller id than) this.
+    pub after: Option<Cursor>,
+    /// Only matches whose channel `match:<id>` is `LIKE` one of these patterns (what the
+    /// caller's capabilities let them see: [`crate::gateway::auth::Identity::visible_matches`]);
+    /// `None`: every match.
+    pub visible: Option<&'a [String]>,
+}
+
+/// Matches newest first (by creation time, then id, both descending), at most `limit`.
+/// The statement only has the conditions that are set, so each filter gets the plan of
+/// its own index (game and creation time, the label's GIN index, the primary key).
+pub async fn match_list(
     db: impl PgExecutor<'_>,
-    prefix: &str,
+    filter: &ListFilter<'_>,
     limit: i64,
-) -> sqlx::Result<Option<Vec<MatchInfo>>> {
-    let Some((low, high)) = prefix_range(prefix) else {
-        return Ok(None);
-    };
-    sqlx::query_as!(
-        MatchInfo,
-        r#"
-        SELECT id, game, status, config, created_at, NULL::jsonb AS state
-        FROM postgame.matches
-        WHERE id BETWEEN $1 AND $2
-        ORDER BY created_at DESC, id
-        LIMIT $3
-        "#,
-        low,
-        high,
-        limit
-    )
-    .fetch_all(db)
-    .await
-    .map(Some)
+) -> sqlx::Result<Vec<MatchInfo>> {
+    if filter.visible.is_some_and(|v| v.is_empty()) {
+        return Ok(Vec::new());
+    }
+    let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+        "SELECT id, game, status, config, created_at, label, NULL::jsonb AS state \
+         FROM postgame.matches WHERE true",
+    );
+    if let Some(game) = filter.game {
+        q.push(" AND game = ").push_bind(game);
+    }
+    if let Some(status) = filter.status {
+        q.push(" AND status = ").push_bind(status);
+    }
+    if let Some(label) = filter.label {
+        q.push(" AND label @> ").push_bind(label);
+    }
+    if let Some((low, high)) = filter.ids {
+        q.push(" AND id BETWEEN ").push_bind(low);
+        q.push(" AND ").push_bind(high);
+    }
+    if let Some(after) = filter.after {
+        q.push(" AND (created_at, id) < (")
+            .push_bind(after.created_at);
+        q.push(", ").push_bind(after.id).push(")");
+    }
+    if let Some(visible) = filter.visible {
+        q.push(" AND ('match:' || id::text) LIKE ANY(")
+            .push_bind(visible)
+            .push(")");
+    }
+    q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+        .push_bind(limit);
+    q.build_query_as().fetch_all(db).await
 }
 
 /// The smallest and largest id starting with the hex digits of `prefix`.
@@ -343,6 +392,8 @@ pub struct MatchUpdate {
     /// Whether the match is over ([`crate::game::Game::is_over`]): stamps `ended_at` (kept
     /// from an earlier step that already ended it), or clears it when the match is live.
     pub over: bool,
+    /// The new label ([`crate::game::Game::label`]); `None` keeps the stored one.
+    pub label: Option<Value>,
 }
 
 /// Saves several matches in one statement. The states and views are moved out of
@@ -361,27 +412,30 @@ pub async fn matches_save(
     let ticks: Vec<Option<DateTime<Utc>>> = updates.iter().map(|u| u.next_tick_at).collect();
     let steps: Vec<i64> = updates.iter().map(|u| u.steps).collect();
     let over: Vec<bool> = updates.iter().map(|u| u.over).collect();
+    let labels: Vec<Option<Value>> = updates.iter_mut().map(|u| u.label.take()).collect();
     // `greatest(…, created_at)`: this transaction's now() may predate the match's creation.
-    sqlx::query!(
+    sqlx::query(
         r#"
         UPDATE postgame.matches m
         SET state = u.state, status = u.status, view = coalesce(u.view, m.view),
             next_tick_at = u.next_tick_at, version = m.version + u.steps, updated_at = now(),
             ended_at = CASE WHEN u.over
-                            THEN coalesce(m.ended_at, greatest(now(), m.created_at)) END
+                            THEN coalesce(m.ended_at, greatest(now(), m.created_at)) END,
+            label = coalesce(u.label, m.label)
         FROM unnest($1::uuid[], $2::jsonb[], $3::text[], $4::jsonb[], $5::timestamptz[],
-                    $6::int8[], $7::bool[]) AS u(id, state, status, view, next_tick_at, steps,
-                                                 over)
+                    $6::int8[], $7::bool[], $8::jsonb[])
+             AS u(id, state, status, view, next_tick_at, steps, over, label)
         WHERE m.id = u.id
         "#,
-        &ids,
-        &states,
-        &statuses,
-        &views as &[Option<Value>],
-        &ticks as &[Option<DateTime<Utc>>],
-        &steps,
-        &over
     )
+    .bind(&ids)
+    .bind(&states)
+    .bind(&statuses)
+    .bind(&views)
+    .bind(&ticks)
+    .bind(&steps)
+    .bind(&over)
+    .bind(&labels)
     .execute(conn)
     .await?;
     Ok(())
@@ -413,6 +467,7 @@ impl BatchWrites {
             statuses,
             error,
             over,
+            label,
         } = applied;
         if let Some((state, status, next_tick_at)) = next {
             let id = MatchId(m.id);
@@ -438,6 +493,7 @@ impl BatchWrites {
                 next_tick_at,
                 steps: applied as i64,
                 over,
+                label,
             });
         }
         (applied, error)

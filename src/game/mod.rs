@@ -191,6 +191,34 @@ pub trait Game: Send + Sync + 'static {
     fn is_over(&self, _state: &Self::State) -> bool {
         false
     }
+
+    /// The match's label: a small JSON object derived from the state (open seats, a mode,
+    /// a map) that `GET /v1/matches?label=…` filters on, stored in `matches.label` in the
+    /// same statement as the state. At most [`MAX_LABEL_BYTES`] serialised; a larger one,
+    /// or one that is not an object, is stored as `{}` (and logged). None (`{}`) by
+    /// default.
+    fn label(&self, _state: &Self::State) -> Option<Value> {
+        None
+    }
+}
+
+/// Largest label a match may carry, serialised ([`Game::label`]).
+pub const MAX_LABEL_BYTES: usize = 1024;
+
+/// A game's label made fit to store: an object of at most [`MAX_LABEL_BYTES`], else `{}`.
+fn bounded_label(game: &str, label: Option<Value>) -> Value {
+    match label {
+        None => Value::Object(Default::default()),
+        Some(v @ Value::Object(_)) if v.to_string().len() <= MAX_LABEL_BYTES => v,
+        Some(v) => {
+            tracing::warn!(
+                game,
+                bytes = v.to_string().len(),
+                "a label must be a JSON object of at most {MAX_LABEL_BYTES} bytes; storing {{}}"
+            );
+            Value::Object(Default::default())
+        }
+    }
 }
 
 /// Who may create a game's matches through `POST /v1/matches` (matches created in-process
@@ -212,6 +240,8 @@ pub struct Created {
     pub state: Value,
     pub status: &'static str,
     pub next_tick_at: Option<DateTime<Utc>>,
+    /// [`Game::label`], bounded.
+    pub label: Value,
     pub out: Vec<Outgoing>,
 }
 
@@ -229,6 +259,8 @@ pub struct Applied {
     pub error: Option<String>,
     /// Whether the new state is over ([`Game::is_over`]); false when nothing was applied.
     pub over: bool,
+    /// The new state's label ([`Game::label`], bounded); `None` when nothing was applied.
+    pub label: Option<Value>,
 }
 
 /// The type-erased game the engine runs: JSON in, JSON out, panics caught.
@@ -295,6 +327,7 @@ impl<G: Game> DynGame for G {
             state: to_json(&state)?,
             status: self.status(&state),
             next_tick_at: self.next_tick_at(&state),
+            label: bounded_label(Game::name(self), self.label(&state)),
             out,
         })
     }
@@ -353,6 +386,7 @@ fn run_steps<G: Game>(
         statuses: Vec::new(),
         error: Some(error),
         over: false,
+        label: None,
     };
     // Deserialised from the borrowed JSON trees: no copy of them on the hot path.
     let config = match G::Config::deserialize(config) {
@@ -401,6 +435,7 @@ fn run_steps<G: Game>(
             statuses,
             error,
             over: false,
+            label: None,
         };
     }
     match to_json(&current) {
@@ -411,6 +446,7 @@ fn run_steps<G: Game>(
             statuses,
             error,
             over: game.is_over(&current),
+            label: Some(bounded_label(Game::name(game), game.label(&current))),
         },
         Err(e) => failed(e),
     }

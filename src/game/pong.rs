@@ -766,6 +766,15 @@ impl Game for Pong {
             Status::Finished | Status::Abandoned => None,
         }
     }
+    /// `{"open_seats": n, "bot": bool}`: the paddles a `join` would still take (0 once the
+    /// game started) and whether the bot holds one.
+    fn label(&self, state: &State) -> Option<Value> {
+        let open = match state.status {
+            Status::Waiting => Side::BOTH.into_iter().filter(|&s| !state.seated(s)).count(),
+            _ => 0,
+        };
+        Some(json!({ "open_seats": open, "bot": state.bot }))
+    }
 }
 
 fn waiting_deadline(state: &State) -> DateTime<Utc> {
@@ -981,6 +990,25 @@ mod tests {
         // Served towards the right player, from the centre.
         assert_eq!(data["ball"], json!({"x": 100, "y": 60, "vx": 3, "vy": 1}));
         assert_eq!(Pong.next_tick_at(&h.state), Some(t0() + ms(1284)));
+    }
+
+    #[test]
+    fn the_label_counts_open_paddles_until_the_game_starts() {
+        let mut h = Harness::new(5);
+        assert_eq!(
+            Pong.label(&h.state),
+            Some(json!({"open_seats": 2, "bot": false}))
+        );
+        h.send("alice", "join", json!({}));
+        assert_eq!(
+            Pong.label(&h.state),
+            Some(json!({"open_seats": 1, "bot": false}))
+        );
+        h.send("bob", "join", json!({}));
+        assert_eq!(
+            Pong.label(&h.state),
+            Some(json!({"open_seats": 0, "bot": false}))
+        );
     }
 
     #[test]

@@ -888,6 +888,22 @@ impl Game for TicTacToe {
     fn is_over(&self, state: &State) -> bool {
         state.status.is_over()
     }
+
+    /// `{"open_seats": n}`: the seats a `join` would still take (0 once the game started).
+    fn label(&self, state: &State) -> Option<Value> {
+        Some(json!({ "open_seats": open_seats(state) }))
+    }
+}
+
+/// Seats a `join` would still take: the empty ones while `waiting`, none otherwise.
+fn open_seats(state: &State) -> usize {
+    match state.status {
+        Status::Waiting => Mark::BOTH
+            .into_iter()
+            .filter(|&m| state.players[m].is_none())
+            .count(),
+        _ => 0,
+    }
 }
 
 #[cfg(test)]
@@ -1178,6 +1194,16 @@ mod tests {
     }
 
     // ---- joining ---------------------------------------------------------------------------
+
+    #[test]
+    fn the_label_counts_the_open_seats_until_the_game_starts() {
+        let mut h = Harness::new();
+        assert_eq!(TicTacToe.label(&h.state), Some(json!({"open_seats": 2})));
+        h.send("alice", "join", json!({}));
+        assert_eq!(TicTacToe.label(&h.state), Some(json!({"open_seats": 1})));
+        h.send("bob", "join", json!({}));
+        assert_eq!(TicTacToe.label(&h.state), Some(json!({"open_seats": 0})));
+    }
 
     #[test]
     fn the_first_joiner_plays_x_and_the_second_o_which_starts_the_game() {

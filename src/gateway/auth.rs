@@ -79,6 +79,47 @@ impl Identity {
     }
 }
 
+impl Identity {
+    /// Whether this client may see match `m` (subscribe to or read the history of
+    /// `match:<m>`): listing and `GET /v1/matches/{id}` show only such matches.
+    pub fn sees_match(&self, m: &Channel) -> bool {
+        self.can(Cap::Subscribe, m) || self.can(Cap::History, m)
+    }
+
+    /// The matches this client may see as SQL `LIKE` patterns on `'match:' || id`, or
+    /// `None` when it may see every match (the default capabilities). A token whose `caps`
+    /// name no `match:` channel gets an empty list: it sees nothing.
+    pub fn visible_matches(&self) -> Option<Vec<String>> {
+        let caps = self.caps.as_ref()?;
+        let patterns: Vec<String> = caps
+            .iter()
+            .filter(|(_, ops)| ops.contains(&Cap::Subscribe) || ops.contains(&Cap::History))
+            .map(|(pattern, _)| glob_to_like(pattern))
+            .collect();
+        if patterns.iter().any(|p| p == "%") {
+            return None;
+        }
+        Some(patterns)
+    }
+}
+
+/// A capability glob as a `LIKE` pattern: `*` is `%`, and `%`, `_` and `\` stand for
+/// themselves (escaped with `\`, `LIKE`'s default escape).
+fn glob_to_like(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len() + 4);
+    for c in pattern.chars() {
+        match c {
+            '*' => out.push('%'),
+            '%' | '_' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// `*` matches any run of characters; everything else matches itself.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
@@ -245,6 +286,35 @@ mod tests {
             admin: false,
         });
         assert!(matches!(auth.verify(&early), Err(AuthError::NotYetValid)));
+    }
+
+    #[test]
+    fn visible_matches_follow_the_subscribe_and_history_capabilities() {
+        let auth = Auth::new("s");
+        let (token, _) = auth.issue("a", None, None, Duration::minutes(5));
+        assert_eq!(auth.verify(&token).unwrap().visible_matches(), None);
+        let caps = BTreeMap::from([
+            ("match:ab_*".to_owned(), vec![Cap::History]),
+            ("match:cd%".to_owned(), vec![Cap::Subscribe]),
+            ("match:ef*".to_owned(), vec![Cap::Publish]),
+        ]);
+        let (token, _) = auth.issue("a", None, Some(caps), Duration::minutes(5));
+        let me = auth.verify(&token).unwrap();
+        assert_eq!(
+            me.visible_matches(),
+            Some(vec!["match:ab\\_%".to_owned(), "match:cd\\%".to_owned()])
+        );
+        assert!(!me.sees_match(&ch(&format!("match:{M}"))));
+        let caps = BTreeMap::from([("*".to_owned(), vec![Cap::Subscribe])]);
+        let (token, _) = auth.issue("a", None, Some(caps), Duration::minutes(5));
+        assert_eq!(auth.verify(&token).unwrap().visible_matches(), None);
+        let caps = BTreeMap::from([("lobby".to_owned(), vec![Cap::Subscribe])]);
+        let (token, _) = auth.issue("a", None, Some(caps), Duration::minutes(5));
+        // No pattern can match a `match:` channel: the listing is empty.
+        assert_eq!(
+            auth.verify(&token).unwrap().visible_matches(),
+            Some(vec!["lobby".to_owned()])
+        );
     }
 
     #[test]

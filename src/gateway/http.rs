@@ -24,7 +24,8 @@ use crate::broadcast::history_read;
 use crate::game::Creation;
 use crate::ids::{Channel, ChannelKind, MatchId};
 use crate::matches::{
-    match_create_by, match_find_by_prefix, match_get, match_list, CreateError, CreatedBy,
+    match_create_by, match_get, match_list, prefix_range, CreateError, CreatedBy, Cursor,
+    ListFilter,
 };
 
 /// Fewest hex digits `id_prefix` takes (shorter prefixes match too much to mean a match).
@@ -307,10 +308,22 @@ pub struct ListQuery {
     game: Option<String>,
     status: Option<String>,
     limit: Option<i64>,
-    /// Matches whose id starts with these hex digits (a lobby code); `game` and `status`
-    /// do not apply then.
+    /// The `next` of the previous page.
+    after: Option<String>,
+    /// A JSON object the matches' labels contain (`label @> …`).
+    label: Option<String>,
+    /// Matches whose id starts with these hex digits (a lobby code); `game`, `status` and
+    /// `label` do not apply then.
     id_prefix: Option<String>,
 }
+
+/// Matches per listing page unless `limit` says otherwise.
+pub const LIST_DEFAULT_LIMIT: i64 = 100;
+/// Most matches per listing page.
+pub const LIST_MAX_LIMIT: i64 = 1000;
+/// Longest `label` filter, in bytes (a label itself has at most
+/// [`crate::game::MAX_LABEL_BYTES`]).
+pub const MAX_LABEL_FILTER: usize = crate::game::MAX_LABEL_BYTES;
 
 /// A short text parameter that reaches Postgres: 1 to 128 characters, no control
 /// characters (a NUL would make Postgres refuse the whole statement: a 500 otherwise).
@@ -323,41 +336,84 @@ fn text_param(field: &str, value: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The `label` filter: a JSON object of at most [`MAX_LABEL_FILTER`] bytes, no NUL.
+fn label_param(raw: &str) -> Result<Value, ApiError> {
+    let bad = || {
+        ApiError::bad_request(format!(
+            "`label` is a JSON object of at most {MAX_LABEL_FILTER} bytes, such as \
+             {{\"open_seats\":1}}"
+        ))
+    };
+    if raw.len() > MAX_LABEL_FILTER {
+        return Err(bad());
+    }
+    match serde_json::from_str::<Value>(raw) {
+        Ok(v @ Value::Object(_)) if !super::has_nul(&v) => Ok(v),
+        _ => Err(bad()),
+    }
+}
+
+/// `GET /v1/matches`: one page of the matches the caller may see, newest first, and the
+/// cursor of the next page (`next`, null on the last page).
 pub async fn match_list_handler(
     State(app): State<Arc<AppState>>,
-    Authed(_me): Authed,
+    Authed(me): Authed,
     Params(q): Params<ListQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request("`limit` is between 1 and 1000"));
+    let limit = q.limit.unwrap_or(LIST_DEFAULT_LIMIT);
+    if !(1..=LIST_MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "`limit` is between 1 and {LIST_MAX_LIMIT}"
+        )));
     }
-    if let Some(prefix) = q.id_prefix {
-        if prefix.chars().filter(char::is_ascii_hexdigit).count() < MIN_ID_PREFIX {
-            return Err(ApiError::bad_request(format!(
-                "`id_prefix` has {MIN_ID_PREFIX} to 32 hex digits"
-            )));
+    let after = match &q.after {
+        Some(raw) => Some(Cursor::parse(raw).ok_or_else(|| {
+            ApiError::bad_request("`after` is the `next` of a previous page, unchanged")
+        })?),
+        None => None,
+    };
+    let visible = me.visible_matches();
+    let mut filter = ListFilter {
+        after,
+        visible: visible.as_deref(),
+        ..ListFilter::default()
+    };
+    let label;
+    if let Some(prefix) = &q.id_prefix {
+        let range = prefix_range(prefix)
+            .filter(|_| prefix.chars().filter(char::is_ascii_hexdigit).count() >= MIN_ID_PREFIX)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("`id_prefix` has {MIN_ID_PREFIX} to 32 hex digits"))
+            })?;
+        filter.ids = Some(range);
+    } else {
+        for (field, value) in [("game", &q.game), ("status", &q.status)] {
+            if let Some(v) = value {
+                text_param(field, v)?;
+            }
         }
-        let matches = match_find_by_prefix(&app.pool, &prefix, limit)
-            .await?
-            .ok_or_else(|| ApiError::bad_request("`id_prefix` has 4 to 32 hex digits"))?;
-        return Ok(Json(json!({ "matches": matches })));
+        filter.game = q.game.as_deref();
+        filter.status = q.status.as_deref();
+        label = q.label.as_deref().map(label_param).transpose()?;
+        filter.label = label.as_ref();
     }
-    for (field, value) in [("game", &q.game), ("status", &q.status)] {
-        if let Some(v) = value {
-            text_param(field, v)?;
-        }
-    }
-    let matches = match_list(&app.pool, q.game.as_deref(), q.status.as_deref(), limit).await?;
-    Ok(Json(json!({ "matches": matches })))
+    let matches = match_list(&app.pool, &filter, limit).await?;
+    let next = (matches.len() as i64 == limit)
+        .then(|| matches.last().map(|m| Cursor::after(m).encode()))
+        .flatten();
+    Ok(Json(json!({ "matches": matches, "next": next })))
 }
 
 pub async fn match_get_handler(
     State(app): State<Arc<AppState>>,
-    Authed(_me): Authed,
+    Authed(me): Authed,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = MatchId::parse(&id).ok_or_else(|| ApiError::not_found("no such match"))?;
+    // A match the caller may not see is answered like one that does not exist.
+    if !me.sees_match(&Channel::of_match(id)) {
+        return Err(ApiError::not_found("no such match"));
+    }
     let mut info = match_get(&app.pool, id)
         .await?
         .ok_or_else(|| ApiError::not_found("no such match"))?;

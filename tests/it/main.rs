@@ -23,6 +23,7 @@ mod first_run;
 mod handler_limit;
 mod leases;
 mod limits;
+mod listing;
 mod lobby;
 mod outage;
 mod presence;

@@ -160,6 +160,56 @@ pub enum Scenario {
     /// Tickers driving many matches at a fixed rate: achieved ticks per second against
     /// requested, and tick lateness.
     Ticks(TicksArgs),
+    /// The control queue at a steady offered load for a long time, with a transaction
+    /// holding the xmin horizon back in the middle (what a long report query, a forgotten
+    /// `BEGIN` or a logical replication slot does): throughput, latency and dead rows with
+    /// and without the hold.
+    Soak(SoakArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SoakArgs {
+    /// Seconds to run in all.
+    #[arg(long, default_value_t = 1800.0)]
+    pub duration: f64,
+
+    /// Offered load, in control messages per second (one per transaction).
+    #[arg(long, default_value_t = 2000.0)]
+    pub rate: f64,
+
+    /// When the xmin-holding transaction starts, in seconds from the start (default: a
+    /// sixth of `--duration`).
+    #[arg(long)]
+    pub hold_from: Option<f64>,
+
+    /// How long it holds, in seconds (default: two thirds of `--duration`); 0 for a clean
+    /// run.
+    #[arg(long)]
+    pub hold_for: Option<f64>,
+
+    /// Matches the messages are spread over.
+    #[arg(long, default_value_t = 100)]
+    pub matches: usize,
+
+    /// Worker tasks.
+    #[arg(long, default_value_t = 8)]
+    pub workers: usize,
+
+    /// Concurrent producers.
+    #[arg(long, default_value_t = 16)]
+    pub producers: usize,
+
+    /// Control messages per worker transaction.
+    #[arg(long, default_value_t = 100)]
+    pub batch_size: i64,
+
+    /// Most control messages of one match per worker transaction.
+    #[arg(long, default_value_t = 20)]
+    pub batch_per_match: i64,
+
+    /// Seconds between samples of the queue tables' dead and live rows.
+    #[arg(long, default_value_t = 10.0)]
+    pub sample_every: f64,
 }
 
 #[derive(Debug, Clone, Args)]

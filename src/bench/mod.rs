@@ -8,6 +8,7 @@
 pub mod e2e;
 pub mod fanout;
 pub mod queue;
+pub mod soak;
 pub mod ticks;
 
 use std::io::Write;
@@ -43,6 +44,7 @@ async fn run_on(args: &BenchArgs) -> anyhow::Result<()> {
         Scenario::Queue(a) => queue::run(db.url(), a, !args.json).await,
         Scenario::Fanout(a) => fanout::run(db.url(), a, !args.json).await,
         Scenario::Ticks(a) => ticks::run(db.url(), a, !args.json).await,
+        Scenario::Soak(a) => soak::run(db.url(), a, !args.json).await,
     };
     db.finish().await;
     let report = result?;

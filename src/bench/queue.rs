@@ -52,20 +52,38 @@ const STALL: Duration = Duration::from_secs(60);
 
 /// Counters shared by the workers and the phases.
 #[derive(Default)]
-struct Counters {
-    processed: Arc<AtomicU64>,
-    errors: AtomicU64,
+pub(super) struct Counters {
+    pub(super) processed: Arc<AtomicU64>,
+    pub(super) errors: AtomicU64,
 }
 
 /// A running bench worker: what it applied, and when.
-type WorkerTask = tokio::task::JoinHandle<Vec<(i64, Instant)>>;
+pub(super) type WorkerTask = tokio::task::JoinHandle<Vec<(i64, Instant)>>;
+
+/// How bench workers claim.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Claiming {
+    pub(super) workers: usize,
+    pub(super) batch_size: i64,
+    pub(super) batch_per_match: i64,
+}
+
+impl From<&QueueArgs> for Claiming {
+    fn from(a: &QueueArgs) -> Self {
+        Self {
+            workers: a.workers,
+            batch_size: a.batch_size,
+            batch_per_match: a.batch_per_match,
+        }
+    }
+}
 
 /// Starts `args.workers` workers applying `noop` inputs, each counting into
 /// `counters`; cancel the token to stop them, then await the handles.
-fn start_workers(
+pub(super) fn start_workers(
     pool: &PgPool,
     notifier: &Arc<Notifier>,
-    args: &QueueArgs,
+    args: Claiming,
     counters: &Arc<Counters>,
 ) -> (Vec<WorkerTask>, CancellationToken) {
     let worker = Worker::new(
@@ -144,7 +162,7 @@ async fn work(
 }
 
 /// Waits until `count` reaches `target`; fails when it stops moving for [`STALL`].
-async fn wait_for(count: &AtomicU64, target: u64, what: &str) -> anyhow::Result<()> {
+pub(super) async fn wait_for(count: &AtomicU64, target: u64, what: &str) -> anyhow::Result<()> {
     let mut last = count.load(Ordering::Relaxed);
     let mut moved = Instant::now();
     loop {
@@ -185,7 +203,7 @@ fn acked(done: &crate::queue::publisher::Committed) -> anyhow::Result<Vec<i64>> 
 }
 
 /// Creates `n` noop matches (8 at a time) and returns their control channels.
-async fn matches_create(pool: &PgPool, n: usize) -> anyhow::Result<Vec<Channel>> {
+pub(super) async fn matches_create(pool: &PgPool, n: usize) -> anyhow::Result<Vec<Channel>> {
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..8.min(n) {
@@ -216,7 +234,7 @@ async fn matches_create(pool: &PgPool, n: usize) -> anyhow::Result<Vec<Channel>>
 /// optionally paced at `rate` per second overall and waking the workers after each
 /// commit. Returns each message's control id and the instant its commit returned.
 #[allow(clippy::too_many_arguments)]
-async fn enqueue_one_by_one(
+pub(super) async fn enqueue_one_by_one(
     pool: &PgPool,
     client: &ClientId,
     matches: &Arc<Vec<Channel>>,
@@ -341,7 +359,7 @@ async fn phases(
     let counters = Arc::new(Counters::default());
     let bar = Bar::new(show_progress, "applied", &counters.processed, args.messages);
     let started = Instant::now();
-    let (workers, workers_stop) = start_workers(pool, notifier, args, &counters);
+    let (workers, workers_stop) = start_workers(pool, notifier, args.into(), &counters);
     let drained = wait_for(&counters.processed, args.messages, "the drain").await;
     let drain_s = started.elapsed().as_secs_f64();
     bar.finish().await;
@@ -450,7 +468,7 @@ async fn flood_run(
     let client = ClientId::parse("bench").context("a valid client id")?;
     let producers = args.producers.max(1);
     let counters = Arc::new(Counters::default());
-    let (workers, workers_stop) = start_workers(pool, notifier, args, &counters);
+    let (workers, workers_stop) = start_workers(pool, notifier, args.into(), &counters);
     let l = args.latency_messages;
     let phases = async {
         // Baseline: no flood.
@@ -588,10 +606,15 @@ async fn flood_run(
 }
 
 /// The progress bar of one phase (nothing when progress is not shown, e.g. with `--json`).
-struct Bar(Option<(tokio::task::JoinHandle<()>, CancellationToken)>);
+pub(super) struct Bar(Option<(tokio::task::JoinHandle<()>, CancellationToken)>);
 
 impl Bar {
-    fn new(show: bool, label: &'static str, count: &Arc<AtomicU64>, target: u64) -> Self {
+    pub(super) fn new(
+        show: bool,
+        label: &'static str,
+        count: &Arc<AtomicU64>,
+        target: u64,
+    ) -> Self {
         Self(show.then(|| {
             let stop = CancellationToken::new();
             let task = progress_count(label, Arc::clone(count), target, stop.clone());
@@ -600,7 +623,7 @@ impl Bar {
     }
 
     /// Stops the bar and waits for its last line.
-    async fn finish(self) {
+    pub(super) async fn finish(self) {
         if let Some((task, stop)) = self.0 {
             stop.cancel();
             let _ = task.await;
@@ -610,7 +633,7 @@ impl Bar {
 
 /// Checks the end state: an empty queue, and every message counted once by its match.
 /// Returns how many messages are off.
-async fn database_check(pool: &PgPool, expected: u64) -> anyhow::Result<u64> {
+pub(super) async fn database_check(pool: &PgPool, expected: u64) -> anyhow::Result<u64> {
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM postgame.control")
         .fetch_one(pool)
         .await?;

@@ -2,7 +2,7 @@
 //! (never a timing).
 
 use postgame::bench;
-use postgame::config::{E2eArgs, FanoutArgs, QueueArgs};
+use postgame::config::{E2eArgs, FanoutArgs, QueueArgs, SoakArgs};
 
 use crate::helpers::{database_url, TestDb};
 
@@ -142,4 +142,43 @@ async fn a_tiny_fanout_baseline_run_delivers_every_message_without_a_database() 
         .unwrap();
     assert_fanout_complete(&report);
     assert_eq!(report.params["baseline"], true);
+}
+
+#[tokio::test]
+async fn a_tiny_soak_holds_the_xmin_horizon_and_applies_every_message_once() {
+    let (_db, opts) = TestDb::new().await;
+    let args = SoakArgs {
+        duration: 3.0,
+        rate: 100.0,
+        hold_from: Some(1.0),
+        hold_for: Some(1.0),
+        matches: 5,
+        workers: 2,
+        producers: 2,
+        batch_size: 20,
+        batch_per_match: 20,
+        sample_every: 0.5,
+    };
+    let report = bench::soak::run(&database_url(&opts), &args, false)
+        .await
+        .unwrap();
+    assert_eq!(report.scenario, "soak");
+    assert_eq!(report.count, 300);
+    assert_eq!(report.errors, 0, "{report:?}");
+    let p = &report.params;
+    assert!(
+        p["hold_xid"].as_i64().is_some(),
+        "the hold took an xid: {p}"
+    );
+    let samples = p["samples"].as_array().unwrap();
+    assert!(samples.iter().any(|s| s["held"] == true), "{p}");
+    assert!(
+        samples.iter().any(|s| s["tables"]["control"].is_array()),
+        "the control table is sampled: {p}"
+    );
+    let enqueued: u64 = ["before", "held", "after"]
+        .iter()
+        .map(|k| p[k]["enqueued"].as_u64().unwrap())
+        .sum();
+    assert_eq!(enqueued, 300, "every message falls in one phase: {p}");
 }

@@ -35,8 +35,8 @@ const SYSTEM_USER: &str = "postgres";
 const PG_CTL_WAIT_SECONDS: &str = "60";
 
 /// Finds a folder with `initdb`, `pg_ctl` and `postgres`: `explicit` when given, else
-/// `pg_config --bindir`, Debian's /usr/lib/postgresql/<newest>/bin, RHEL's
-/// /usr/pgsql-<newest>/bin, Homebrew's, then PATH.
+/// `pg_config --bindir`, Debian's `/usr/lib/postgresql/<newest>/bin`, RHEL's
+/// `/usr/pgsql-<newest>/bin`, Homebrew's, then PATH.
 pub fn find_installation(explicit: Option<&Path>) -> Option<PathBuf> {
     if let Some(dir) = explicit {
         return is_installation(dir).then(|| dir.to_owned());

@@ -1,47 +1,260 @@
 //! postgame: a realtime backend for multiplayer games that needs nothing but PostgreSQL.
 //!
-//! Map of the crate:
-//! - [`config`]: the command line and environment, read once.
-//! - [`setup`]: which database (the user's, the default, or a private cluster), and
-//!   errors that say what to do.
-//! - [`embedded`]: the private PostgreSQL cluster made from the machine's installation.
-//! - [`doctor`]: `postgame doctor`, the checks of a deployment.
-//! - [`store`]: connecting, creating the database, migrations.
-//! - [`ids`]: identifier newtypes (`MatchId`, `ClientId`, `Channel`).
-//! - [`game`]: the [`game::Game`] trait and the built-in games.
-//! - [`matches`]: the match store (create, read, load and save in a transaction).
-//! - [`queue`]: the durable control queue and the gateway's group-committing publisher.
-//! - [`worker`]: applies control messages to match state, exactly once, in order.
-//! - [`ticker`]: runs every match's clock (due `next_tick_at`), shared by any number of tickers.
-//! - [`broadcast`]: the message log, NOTIFY/LISTEN wake-ups, fan-out, retention.
-//! - [`gateway`]: HTTP and WebSocket.
-//! - [`bench`]: `postgame bench`, the load generators.
-//! - [`chaos`]: `postgame chaos`, the fault injector and guarantee checker.
+//! You write a game as a [`Game`]: pure functions from (config, state, input, `now`) to a
+//! new state and outgoing messages. postgame stores every match's state in PostgreSQL,
+//! feeds each match its players' control messages exactly once and in order, runs its
+//! clock, and broadcasts what it sends over WebSocket. Your binary is
+//! `App::new().game(MyGame).run()`: the whole server (every role, every subcommand and
+//! flag of `postgame`) with your game beside the built-in ones. docs/GAMES.md walks from an
+//! empty folder to a game in two browser windows; `examples/connect4` is a complete game.
+//!
+//! # A game
+//!
+//! Two players take turns adding 1, 2 or 3 to a count; whoever reaches 21 wins, and whoever
+//! lets the turn clock run out loses.
+//!
+//! ```
+//! use chrono::{DateTime, Duration, Utc};
+//! use postgame::{ClientId, Cx, Game, GameError, Input, Outgoing, Tick, To};
+//! use serde::{Deserialize, Serialize};
+//! use serde_json::{json, Value};
+//!
+//! pub struct TwentyOne;
+//!
+//! /// Stored with the match, validated once at creation.
+//! #[derive(Serialize, Deserialize)]
+//! pub struct Config {
+//!     turn_seconds: i64,
+//! }
+//!
+//! /// Stored as JSON after every step: its serde shape is its stored format.
+//! #[derive(Clone, Serialize, Deserialize)]
+//! pub struct State {
+//!     players: Vec<ClientId>,
+//!     count: u32,
+//!     turn: usize,
+//!     winner: Option<ClientId>,
+//!     deadline: Option<DateTime<Utc>>,
+//! }
+//!
+//! fn publish_state(state: &State, out: &mut Vec<Outgoing>) {
+//!     out.push(Outgoing::new(To::Match, "state", json!(state)));
+//! }
+//!
+//! impl Game for TwentyOne {
+//!     type Config = Config;
+//!     type State = State;
+//!
+//!     fn name(&self) -> &'static str {
+//!         "twentyone"
+//!     }
+//!
+//!     fn config(&self, raw: &Value) -> Result<Config, String> {
+//!         let turn_seconds = match raw.get("turn_seconds") {
+//!             None => 30,
+//!             Some(v) => v.as_i64().filter(|s| (1..=600).contains(s))
+//!                 .ok_or("turn_seconds is an integer from 1 to 600")?,
+//!         };
+//!         Ok(Config { turn_seconds })
+//!     }
+//!
+//!     fn create(&self, _cx: &Cx<'_, Config>, out: &mut Vec<Outgoing>) -> State {
+//!         let state = State { players: vec![], count: 0, turn: 0, winner: None, deadline: None };
+//!         publish_state(&state, out);
+//!         state
+//!     }
+//!
+//!     fn handle(
+//!         &self,
+//!         cx: &Cx<'_, Config>,
+//!         state: &mut State,
+//!         input: &Input,
+//!         out: &mut Vec<Outgoing>,
+//!     ) -> Result<(), GameError> {
+//!         // Presence inputs (a player's connection came or went) do not matter here.
+//!         let Input::Client { msg_id, client, name, data } = input else {
+//!             return Ok(());
+//!         };
+//!         let reject = |out: &mut Vec<Outgoing>, reason: &str| {
+//!             let to = To::User(client.clone());
+//!             out.push(Outgoing::new(to, "rejected", json!({"reason": reason, "ref": msg_id})));
+//!         };
+//!         match name.as_str() {
+//!             "join" => {
+//!                 if state.players.len() == 2 || state.players.contains(client) {
+//!                     return Ok(()); // a spectator
+//!                 }
+//!                 state.players.push(client.clone());
+//!                 if state.players.len() == 2 {
+//!                     state.deadline = Some(cx.now + Duration::seconds(cx.config.turn_seconds));
+//!                 }
+//!             }
+//!             "add" => {
+//!                 let Some(n) = data["n"].as_u64().filter(|n| (1..=3).contains(n)) else {
+//!                     reject(out, "bad_request");
+//!                     return Ok(());
+//!                 };
+//!                 if state.winner.is_some()
+//!                     || state.players.len() < 2
+//!                     || &state.players[state.turn] != client
+//!                 {
+//!                     reject(out, "not_your_turn");
+//!                     return Ok(());
+//!                 }
+//!                 state.count += n as u32;
+//!                 if state.count >= 21 {
+//!                     state.winner = Some(client.clone());
+//!                     state.deadline = None;
+//!                 } else {
+//!                     state.turn = 1 - state.turn;
+//!                     state.deadline = Some(cx.now + Duration::seconds(cx.config.turn_seconds));
+//!                 }
+//!             }
+//!             _ => {
+//!                 reject(out, "unknown_action");
+//!                 return Ok(());
+//!             }
+//!         }
+//!         publish_state(state, out);
+//!         Ok(())
+//!     }
+//!
+//!     /// Called by a ticker once `next_tick_at` has passed: the player on turn ran out of
+//!     /// time, so the other one wins.
+//!     fn tick(
+//!         &self,
+//!         _cx: &Cx<'_, Config>,
+//!         state: &mut State,
+//!         _tick: Tick,
+//!         out: &mut Vec<Outgoing>,
+//!     ) -> Result<(), GameError> {
+//!         if state.winner.is_none() && state.players.len() == 2 {
+//!             state.winner = Some(state.players[1 - state.turn].clone());
+//!             state.deadline = None;
+//!             publish_state(state, out);
+//!         }
+//!         Ok(())
+//!     }
+//!
+//!     fn status(&self, state: &State) -> &'static str {
+//!         match (&state.winner, state.players.len()) {
+//!             (Some(_), _) => "won",
+//!             (None, 2) => "playing",
+//!             _ => "waiting",
+//!         }
+//!     }
+//!
+//!     fn next_tick_at(&self, state: &State) -> Option<DateTime<Utc>> {
+//!         state.deadline
+//!     }
+//!
+//!     fn is_over(&self, state: &State) -> bool {
+//!         state.winner.is_some()
+//!     }
+//! }
+//!
+//! // A unit test with the test kit: no database, no server.
+//! use postgame::testkit::{client, TestMatch};
+//!
+//! let mut m = TestMatch::new(TwentyOne, json!({"turn_seconds": 10})).unwrap();
+//! let (ann, bob) = (client("ann"), client("bob"));
+//! m.publish(&ann, "join", json!({})).unwrap();
+//! m.publish(&bob, "join", json!({})).unwrap();
+//! assert_eq!(m.status(), "playing");
+//!
+//! let sent = m.publish(&bob, "add", json!({"n": 3})).unwrap();
+//! assert_eq!(sent.to_user(&bob, "rejected").unwrap().data["reason"], "not_your_turn");
+//!
+//! m.publish(&ann, "add", json!({"n": 3})).unwrap();
+//! // Bob lets his 10 seconds run out: Ann wins.
+//! let sent = m.advance(std::time::Duration::from_secs(10));
+//! assert_eq!(sent.to_match("state").unwrap().data["winner"], "ann");
+//! assert!(m.is_over());
+//!
+//! // And the server: `fn main() -> ExitCode { postgame::App::new().game(TwentyOne).run() }`
+//! let app = postgame::App::new().game(TwentyOne);
+//! assert!(app.registry().names().contains(&"twentyone"));
+//! ```
+//!
+//! # The API
+//!
+//! - [`App`]: the server with your games and pages; `run()` from `main`, `start(…)` in
+//!   tests.
+//! - [`Game`] and what its handlers see and send: [`Cx`], [`Input`], [`Tick`],
+//!   [`Outgoing`] with its destination [`To`] and [`Delivery`], [`GameError`], and
+//!   [`Creation`] (who may create matches).
+//! - [`ClientId`], [`MatchId`]: who sent an input, which match it is.
+//! - [`testkit`]: drive a match through inputs and ticks in a unit test.
+//! - [`Registry`], [`Pages`], [`Server`]: what an [`App`] holds and starts.
+//!
+//! The other modules are the server's internals. They are public only so that postgame's
+//! own integration tests, benchmarks and fuzzers can reach them, are hidden from these
+//! docs, and may change in any release.
+//!
+//! # Map of the crate (for contributors)
+//!
+//! - `app`: [`App`], the command line of a binary (what `main.rs` runs).
+//! - `config`: the command line and environment, read once.
+//! - `setup`: which database (the user's, the default, or a private cluster), and errors
+//!   that say what to do.
+//! - `embedded`: the private PostgreSQL cluster made from the machine's installation.
+//! - `doctor`: `postgame doctor`, the checks of a deployment.
+//! - `store`: connecting, creating the database, migrations.
+//! - `ids`: identifier newtypes (`MatchId`, `ClientId`, `Channel`).
+//! - `game`: the [`Game`] trait, its type-erased form, the [`Registry`], the built-in games.
+//! - `matches`: the match store (create, read, load and save in a transaction).
+//! - `queue`: the durable control queue and the gateway's group-committing publisher.
+//! - `worker`: applies control messages to match state, exactly once, in order.
+//! - `ticker`: runs every match's clock (due `next_tick_at`), shared by any number of
+//!   tickers.
+//! - `broadcast`: the message log, NOTIFY/LISTEN wake-ups, fan-out, retention.
+//! - `gateway`: HTTP and WebSocket (and the browser [`Pages`]).
+//! - `bench`: `postgame bench`, the load generators.
+//! - `chaos`: `postgame chaos`, the fault injector and guarantee checker.
 //! - [`testkit`]: drive a game in a unit test, without a database.
 //!
-//! [`start`] runs the roles of one process; `main.rs` only parses flags and waits for a
-//! signal.
+//! `start` runs the roles of one process; [`App`] parses flags and waits for a signal.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
+#![warn(missing_docs)]
 
+mod app;
+#[doc(hidden)]
 pub mod bench;
+#[doc(hidden)]
 pub mod broadcast;
+#[doc(hidden)]
 pub mod chaos;
+#[doc(hidden)]
 pub mod claim_loop;
+#[doc(hidden)]
 pub mod config;
+#[doc(hidden)]
 pub mod doctor;
+#[doc(hidden)]
 pub mod embedded;
+#[doc(hidden)]
 pub mod game;
+#[doc(hidden)]
 pub mod gateway;
+#[doc(hidden)]
 pub mod ids;
+#[doc(hidden)]
 pub mod lease;
+#[doc(hidden)]
 pub mod matches;
+#[doc(hidden)]
 pub mod presence;
+#[doc(hidden)]
 pub mod queue;
+#[doc(hidden)]
 pub mod setup;
+#[doc(hidden)]
 pub mod store;
 pub mod testkit;
+#[doc(hidden)]
 pub mod ticker;
+#[doc(hidden)]
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -60,11 +273,17 @@ use crate::broadcast::hub::Hub;
 use crate::broadcast::notify::Notifier;
 use crate::broadcast::{listen, prune};
 use crate::config::{Role, ServeConfig, DEV_SECRET};
-use crate::game::Registry;
 use crate::gateway::auth::Auth;
 use crate::gateway::{AppState, GatewayConfig};
 use crate::queue::publisher::Publisher;
 use crate::worker::{Worker, WorkerConfig};
+
+pub use crate::app::App;
+pub use crate::game::{
+    Creation, Cx, Delivery, Game, GameError, Input, Outgoing, Registry, Tick, To, MAX_LABEL_BYTES,
+};
+pub use crate::gateway::web::Pages;
+pub use crate::ids::{ClientId, MatchId};
 
 /// The process-wide Prometheus recorder (installed once, shared by every server in the
 /// process, e.g. in tests).
@@ -75,11 +294,14 @@ fn metrics_handle() -> Option<PrometheusHandle> {
         .clone()
 }
 
-/// A running server: its address (when it runs the gateway) and its stop.
+/// A running server ([`App::start`]): its address (when it runs the gateway) and its
+/// stop. Dropping it does not stop it; call [`Server::shutdown`].
 pub struct Server {
+    /// Where the gateway listens (`None` when this process runs no gateway).
     pub addr: Option<SocketAddr>,
     /// Where `--metrics-listen` serves `/metrics`, when set.
     pub metrics_addr: Option<SocketAddr>,
+    /// The server's connection pool (for a test that looks at the tables).
     pub pool: PgPool,
     stop: CancellationToken,
     publisher_stop: CancellationToken,
@@ -106,9 +328,11 @@ impl Server {
     }
 }
 
+#[doc(hidden)]
 /// Shortest secret accepted on a non-loopback address, in bytes (HS256 wants 256 bits).
 pub const MIN_SECRET_BYTES: usize = 32;
 
+#[doc(hidden)]
 /// Refuses to serve beyond loopback with the public development secret or a short one:
 /// anyone could forge tokens. On loopback it only warns.
 pub fn secret_check(secret: &str, listen: Option<SocketAddr>) -> anyhow::Result<()> {
@@ -144,11 +368,23 @@ pub fn secret_check(secret: &str, listen: Option<SocketAddr>) -> anyhow::Result<
     }
 }
 
+#[doc(hidden)]
 /// Connects, migrates and starts the configured roles. `listener` is required when the
 /// gateway role runs (only `main` and tests bind ports).
 pub async fn start(
     config: ServeConfig,
     games: Registry,
+    listener: Option<TcpListener>,
+) -> anyhow::Result<Server> {
+    start_with_pages(config, games, Pages::default(), listener).await
+}
+
+#[doc(hidden)]
+/// [`start`], with an application's own browser `pages` served by the gateway.
+pub async fn start_with_pages(
+    config: ServeConfig,
+    games: Registry,
+    pages: Pages,
     listener: Option<TcpListener>,
 ) -> anyhow::Result<Server> {
     if config.runs(Role::Gateway) {
@@ -290,7 +526,7 @@ pub async fn start(
             metrics: metrics_handle(),
         });
         addr = Some(listener.local_addr()?);
-        let router = gateway::router(app);
+        let router = gateway::router(app, &pages);
         let limits = gateway::serve::Limits {
             header_timeout: config.http_header_timeout(),
             idle_timeout: config.http_idle_timeout(),

@@ -197,18 +197,25 @@ async fn play_pair(
     }
 }
 
-/// Runs the scenario against the database at `db_url`.
-pub async fn run(db_url: &str, args: &E2eArgs, show_progress: bool) -> anyhow::Result<Report> {
+/// Runs the scenario against the database at `db_url`, serving `games` (which must hold
+/// `tictactoe`: the players play it).
+pub async fn run(
+    db_url: &str,
+    args: &E2eArgs,
+    show_progress: bool,
+    games: &Registry,
+) -> anyhow::Result<Report> {
     if args.players < 2 || args.players % 2 != 0 {
         bail!("--players must be an even number of at least 2");
     }
     let mut config = ServeConfig::defaults(db_url).without_client_limits();
     config.secret = SECRET.into();
     config.workers = args.workers.max(1);
-    let server = super::ServerThread::start(config, Registry::builtin()).await?;
+    let server = super::ServerThread::start(config, games.clone()).await?;
     let addr = server.addr.context("the gateway runs")?;
-    let games = Registry::builtin();
-    let game = games.get("tictactoe").context("tictactoe is built in")?;
+    let game = games
+        .get("tictactoe")
+        .context("bench e2e plays tictactoe, which this binary does not serve")?;
     let pairs = args.players / 2;
     let mut ids = Vec::with_capacity(pairs);
     for _ in 0..pairs {

@@ -398,12 +398,16 @@ struct Setup {
     path: &'static str,
 }
 
-async fn start_postgame(db_url: &str, args: &FanoutArgs) -> anyhow::Result<Setup> {
+async fn start_postgame(
+    db_url: &str,
+    args: &FanoutArgs,
+    games: &Registry,
+) -> anyhow::Result<Setup> {
     let mut config = ServeConfig::defaults(db_url).without_client_limits();
     config.secret = SECRET.into();
     config.roles = vec![Role::Gateway];
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let first = crate::start(config.clone(), Registry::builtin(), Some(listener)).await?;
+    let first = crate::start(config.clone(), games.clone(), Some(listener)).await?;
     let first_addr = first.addr.context("the gateway runs")?;
     let mut servers = Servers {
         postgame: vec![first],
@@ -430,7 +434,7 @@ async fn start_postgame(db_url: &str, args: &FanoutArgs) -> anyhow::Result<Setup
         )
     } else {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let second = crate::start(config, Registry::builtin(), Some(listener)).await?;
+        let second = crate::start(config, games.clone(), Some(listener)).await?;
         let addr = second.addr.context("the gateway runs")?;
         servers.postgame.push(second);
         (
@@ -664,8 +668,14 @@ fn mib(bytes: Option<u64>) -> Value {
     })
 }
 
-/// Runs the scenario against the database at `db_url` (unused with `--baseline`).
-pub async fn run(db_url: &str, args: &FanoutArgs, show_progress: bool) -> anyhow::Result<Report> {
+/// Runs the scenario against the database at `db_url` (unused with `--baseline`), its
+/// gateways serving `games`.
+pub async fn run(
+    db_url: &str,
+    args: &FanoutArgs,
+    show_progress: bool,
+    games: &Registry,
+) -> anyhow::Result<Report> {
     if let Some(addr) = args.serve_baseline {
         // The server half of `--baseline --process`: serve until interrupted or killed.
         let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -685,7 +695,7 @@ pub async fn run(db_url: &str, args: &FanoutArgs, show_progress: bool) -> anyhow
     let setup = if args.baseline {
         start_baseline(db_url, args).await?
     } else {
-        start_postgame(db_url, args).await?
+        start_postgame(db_url, args, games).await?
     };
     let result = measure(&setup, args, show_progress).await;
     setup.servers.shutdown().await;

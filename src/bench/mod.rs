@@ -26,24 +26,25 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{BenchArgs, Scenario};
 
-/// Runs the scenario the command line names.
-pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
+/// Runs the scenario the command line names; the scenarios that create matches create
+/// them of `games` (the binary's registry).
+pub async fn run(mut args: BenchArgs, games: &crate::game::Registry) -> anyhow::Result<()> {
     // The default URL with nothing answering means a private cluster, as for `serve`.
     let cluster = crate::setup::prepare(&mut args.db).await?;
-    let result = run_on(&args).await;
+    let result = run_on(&args, games).await;
     if let Some(cluster) = cluster {
         cluster.stop().await;
     }
     result
 }
 
-async fn run_on(args: &BenchArgs) -> anyhow::Result<()> {
+async fn run_on(args: &BenchArgs, games: &crate::game::Registry) -> anyhow::Result<()> {
     let db = BenchDb::prepare(&args.db.database_url, args.in_place).await?;
     let result = match &args.scenario {
-        Scenario::E2e(a) => e2e::run(db.url(), a, !args.json).await,
+        Scenario::E2e(a) => e2e::run(db.url(), a, !args.json, games).await,
         Scenario::Queue(a) => queue::run(db.url(), a, !args.json).await,
-        Scenario::Fanout(a) => fanout::run(db.url(), a, !args.json).await,
-        Scenario::Ticks(a) => ticks::run(db.url(), a, !args.json).await,
+        Scenario::Fanout(a) => fanout::run(db.url(), a, !args.json, games).await,
+        Scenario::Ticks(a) => ticks::run(db.url(), a, !args.json, games).await,
         Scenario::Soak(a) => soak::run(db.url(), a, !args.json).await,
     };
     db.finish().await;

@@ -92,7 +92,7 @@ enum Tickers {
 }
 
 impl Tickers {
-    async fn start(db_url: &str, args: &TicksArgs) -> anyhow::Result<Self> {
+    async fn start(db_url: &str, args: &TicksArgs, games: &Registry) -> anyhow::Result<Self> {
         if args.processes {
             let exe = std::env::current_exe().context("cannot find this executable")?;
             let mut children = Vec::with_capacity(args.tickers);
@@ -120,7 +120,7 @@ impl Tickers {
         config.sync_ticks = args.sync_ticks;
         // One connection per ticker task, plus the notifier's and the prune's.
         config.db_connections = u32::try_from(args.tickers + 3).unwrap_or(u32::MAX);
-        let server = crate::start(config, Registry::builtin(), None).await?;
+        let server = crate::start(config, games.clone(), None).await?;
         Ok(Tickers::InProcess(server))
     }
 
@@ -422,8 +422,14 @@ async fn sample(
     }
 }
 
-/// Runs the scenario against the (fresh, empty) database at `db_url`.
-pub async fn run(db_url: &str, args: &TicksArgs, show_progress: bool) -> anyhow::Result<Report> {
+/// Runs the scenario against the (fresh, empty) database at `db_url`, with the handlers of
+/// `games` (which must hold the `--game`).
+pub async fn run(
+    db_url: &str,
+    args: &TicksArgs,
+    show_progress: bool,
+    games: &Registry,
+) -> anyhow::Result<Report> {
     let workload = match args.game.as_str() {
         pong::NAME => Workload::Pong,
         noop::NAME => Workload::Noop,
@@ -466,17 +472,16 @@ pub async fn run(db_url: &str, args: &TicksArgs, show_progress: bool) -> anyhow:
     crate::store::migrate(&pool).await?;
 
     // The matches, first ticks spread over one period starting LEAD from now.
-    let games = Registry::builtin();
     let base = db_now(&pool).await? + chrono::Duration::from_std(LEAD)?;
     let rows = (0..args.matches)
-        .map(|i| new_match(&games, workload, args.hz, base, (i, args.matches)))
+        .map(|i| new_match(games, workload, args.hz, base, (i, args.matches)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     for chunk in rows.chunks(5000) {
         matches_insert(&pool, workload.name(), chunk).await?;
     }
     drop(rows);
 
-    let tickers = Tickers::start(db_url, args).await?;
+    let tickers = Tickers::start(db_url, args, games).await?;
     if show_progress {
         eprintln!(
             "{} {} matches at {} Hz, {} ticker {}; warming up {:.1} s",

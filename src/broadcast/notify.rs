@@ -200,7 +200,7 @@ async fn notify_send(pool: &PgPool, topics: &[String], payloads: &[String]) -> s
     Ok(())
 }
 
-/// Appends "<n> <channel>" lines to `out` as payloads of `topic`, each within
+/// Appends `"<n> <channel>"` lines to `out` as payloads of `topic`, each within
 /// [`MAX_PAYLOAD`].
 fn push_lines(
     out: &mut Vec<(&'static str, String)>,
@@ -223,7 +223,7 @@ fn push_lines(
     }
 }
 
-/// Parses a `TOPIC_LOG` or `TOPIC_LATEST` payload: lines of "<head or version> <channel>";
+/// Parses a `TOPIC_LOG` or `TOPIC_LATEST` payload: lines of `"<head or version> <channel>"`;
 /// malformed lines are skipped.
 pub fn parse_log_payload(payload: &str) -> impl Iterator<Item = (Seq, &str)> {
     payload.lines().filter_map(|line| {

@@ -7,11 +7,15 @@
 //! in one transaction; a handler that errors or panics changes nothing and its input is
 //! retried.
 
+#[doc(hidden)]
 pub mod limit;
+#[doc(hidden)]
 pub mod noop;
+#[doc(hidden)]
 pub mod pong;
 #[cfg(test)]
 mod testkit;
+#[doc(hidden)]
 pub mod tictactoe;
 
 use std::collections::HashMap;
@@ -28,7 +32,9 @@ use crate::ids::{ClientId, MatchId};
 /// What a handler sees besides its state and input.
 #[derive(Debug, Clone, Copy)]
 pub struct Cx<'a, C> {
+    /// The match being run.
     pub match_id: MatchId,
+    /// Its configuration, as [`Game::config`] parsed it at creation.
     pub config: &'a C,
     /// The database's clock when the batch was claimed: the only "now" a handler has.
     pub now: DateTime<Utc>,
@@ -41,32 +47,44 @@ pub enum Input {
     Client {
         /// The message's `msg_id` (as acked to the client), for `rejected.ref`.
         msg_id: i64,
+        /// Who published it (the token's `sub`).
         client: ClientId,
+        /// The message's `name` (never starting with `$`).
         name: String,
+        /// The message's `data`, any JSON, as the client sent it: parse it, never trust it.
         data: Value,
     },
     /// One of `client`'s connections subscribed to `match:<match>`.
     Connected {
+        /// Whose connection.
         client: ClientId,
+        /// The connection's id (a client may have several).
         connection: String,
     },
     /// That connection unsubscribed or went away.
     Disconnected {
+        /// Whose connection.
         client: ClientId,
+        /// The connection's id, as in [`Input::Connected`].
         connection: String,
     },
 }
 
+#[doc(hidden)]
 /// Name under which the gateway enqueues a `Connected` input (clients cannot publish names
 /// starting with `$`).
 pub const PRESENCE_CONNECTED: &str = "$connected";
+#[doc(hidden)]
 /// Name under which the gateway enqueues a `Disconnected` input.
 pub const PRESENCE_DISCONNECTED: &str = "$disconnected";
 
 /// When a tick was due and when it runs.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Tick {
+    /// The [`Game::next_tick_at`] this tick runs for.
     pub scheduled: DateTime<Utc>,
+    /// The database's clock now (at or after `scheduled`; later when the tickers are
+    /// behind): the same as [`Cx::now`].
     pub now: DateTime<Utc>,
 }
 
@@ -99,9 +117,13 @@ pub enum Delivery {
 /// log, or as the channel's latest value) and broadcast after commit.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outgoing {
+    /// Its channel.
     pub to: To,
+    /// The message's `name` (such as `state`, `chat`, `rejected`).
     pub name: String,
+    /// The message's `data`.
     pub data: Value,
+    /// Logged or latest-only.
     pub delivery: Delivery,
 }
 
@@ -131,7 +153,36 @@ impl Outgoing {
 /// with backoff and then dead-lettered with this text.
 pub type GameError = anyhow::Error;
 
-/// A game, in the spirit of Nakama's match handler.
+/// A game, in the spirit of Nakama's match handler: what you implement (see the crate's
+/// guide for a complete one, and [`crate::testkit`] to test it).
+///
+/// # Purity and time
+///
+/// Handlers are pure functions of (config, state, input, [`Cx::now`]): no I/O, no system
+/// clock, no thread, no randomness they do not derive from their input. The engine loads
+/// the state, runs the handler on a copy, and commits the new state, the status, the
+/// schedule and the outgoing messages in one transaction; so a handler that returns `Err`
+/// or panics changes nothing (its input is retried with backoff, then dead-lettered), and
+/// an input is applied exactly once even when a worker dies mid-way. `now` is the
+/// database's clock when the batch was claimed, the same for every input of the batch.
+///
+/// # Budget
+///
+/// A step (one input, or one tick) must finish within the handler time limit, **1 s**: a
+/// step that overruns fails like a panic (retried, then dead-lettered; a tick is recorded as
+/// failed and retried 1 s later). Aim far lower: a worker applies a batch of inputs one
+/// after the other, so every millisecond of a handler is a millisecond of latency for the
+/// inputs queued behind it, and the state is deserialised and serialised as JSON around
+/// every batch, so keep it small (kilobytes, not megabytes).
+///
+/// # The state's stored shape
+///
+/// [`Game::State`] is stored as JSONB and read back with serde at the next input, possibly
+/// by a newer build of your game after a deploy. Keep old states loadable: give new fields
+/// `#[serde(default)]`, never rename or retype a field in place, and for a larger change
+/// store a version number and convert old shapes in a `#[serde(from = "…")]` type
+/// (docs/GAMES.md shows both). A state that no longer parses fails every input of its
+/// match.
 pub trait Game: Send + Sync + 'static {
     /// The match configuration, validated at creation and stored with the match.
     type Config: Serialize + DeserializeOwned + Send + Sync;
@@ -155,7 +206,9 @@ pub trait Game: Send + Sync + 'static {
     /// The state of a new match, and the messages announcing it.
     fn create(&self, cx: &Cx<'_, Self::Config>, out: &mut Vec<Outgoing>) -> Self::State;
 
-    /// Applies one control input.
+    /// Applies one control input: a client's control message (reject a bad one by sending
+    /// a message such as a private `rejected`, not with `Err`), or a change in who is
+    /// connected to the match.
     fn handle(
         &self,
         cx: &Cx<'_, Self::Config>,
@@ -164,7 +217,9 @@ pub trait Game: Send + Sync + 'static {
         out: &mut Vec<Outgoing>,
     ) -> Result<(), GameError>;
 
-    /// Advances the match's clock: called by a ticker at or after `next_tick_at`.
+    /// Advances the match's clock: called by a ticker at or after [`Game::next_tick_at`]
+    /// (possibly late, possibly more than once for the same time after a failure, so check
+    /// what is due against `tick.now`). Does nothing by default.
     fn tick(
         &self,
         _cx: &Cx<'_, Self::Config>,
@@ -233,6 +288,7 @@ pub enum Creation {
     Nobody,
 }
 
+#[doc(hidden)]
 /// A new match, ready to be inserted.
 #[derive(Debug, Clone)]
 pub struct Created {
@@ -245,6 +301,7 @@ pub struct Created {
     pub out: Vec<Outgoing>,
 }
 
+#[doc(hidden)]
 /// The outcome of running a sequence of inputs (or a tick) on one match.
 #[derive(Debug, Clone)]
 pub struct Applied {
@@ -263,6 +320,7 @@ pub struct Applied {
     pub label: Option<Value>,
 }
 
+#[doc(hidden)]
 /// The type-erased game the engine runs: JSON in, JSON out, panics caught.
 pub trait DynGame: Send + Sync {
     fn name(&self) -> &'static str;
@@ -466,7 +524,17 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-/// The games a binary serves, by name.
+/// The games a binary serves, by name (an [`App`](crate::App) holds one).
+///
+/// ```
+/// use postgame::{Creation, Registry};
+///
+/// let games = Registry::builtin();
+/// assert_eq!(games.names(), ["noop", "pong", "tictactoe"]);
+/// // The benchmark game is there for `bench`, but guests cannot create its matches.
+/// assert_eq!(games.creation("noop"), Some(Creation::Admin));
+/// assert_eq!(games.creation("tictactoe"), Some(Creation::Anyone));
+/// ```
 #[derive(Clone, Default)]
 pub struct Registry {
     games: HashMap<&'static str, Arc<dyn DynGame>>,
@@ -480,7 +548,8 @@ impl Registry {
         Self::default()
     }
 
-    /// The games the stock binary ships.
+    /// The games the stock binary ships: Tic Tac Toe, Pong, and the benchmark game `noop`
+    /// (only admins may create its matches).
     pub fn builtin() -> Self {
         Self::new()
             .with(tictactoe::TicTacToe)
@@ -489,8 +558,8 @@ impl Registry {
     }
 
     /// Adds (or replaces) a game.
-    pub fn with(mut self, game: impl DynGame + 'static) -> Self {
-        self.games.insert(game.name(), Arc::new(game));
+    pub fn with<G: Game>(mut self, game: G) -> Self {
+        self.games.insert(Game::name(&game), Arc::new(game));
         self
     }
 
@@ -507,10 +576,12 @@ impl Registry {
         Some(self.creation.get(name).copied().unwrap_or(game.creation()))
     }
 
+    #[doc(hidden)]
     pub fn get(&self, name: &str) -> Option<&Arc<dyn DynGame>> {
         self.games.get(name)
     }
 
+    /// The names of the games, sorted.
     pub fn names(&self) -> Vec<&'static str> {
         let mut names: Vec<_> = self.games.keys().copied().collect();
         names.sort_unstable();

@@ -1,6 +1,6 @@
 //! Token buckets: one per WebSocket connection for its publishes, and keyed ones (per
 //! source address) for guest tokens and match creation. Keyed tables stay bounded: when
-//! one grows past [`MAX_KEYS`], the keys whose bucket has refilled are forgotten (a full
+//! one grows past `MAX_KEYS`, the keys whose bucket has refilled are forgotten (a full
 //! bucket is what a new key gets anyway).
 
 use std::collections::HashMap;

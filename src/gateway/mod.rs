@@ -172,10 +172,11 @@ async fn method_not_allowed() -> Response {
     (axum::http::StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
 }
 
-/// The gateway's routes.
-pub fn router(app: Arc<AppState>) -> Router {
+/// The gateway's routes: the API, the built-in browser files, and the application's
+/// `pages` (which replace a built-in file at the same path).
+pub fn router(app: Arc<AppState>, pages: &web::Pages) -> Router {
     let body_limit = app.config.max_frame_bytes;
-    Router::new()
+    let mut router = Router::new()
         .route("/v1/ws", get(ws_handler))
         .route("/v1/tokens", post(http::token_create))
         .route(
@@ -193,15 +194,24 @@ pub fn router(app: Arc<AppState>) -> Router {
         )
         .route("/healthz", get(http::healthz))
         .route("/readyz", get(http::readyz))
-        .route("/metrics", get(http::metrics))
-        .route("/", get(web::index))
-        .route("/postgame.js", get(web::postgame_js))
-        .route("/postgame.d.ts", get(web::postgame_d_ts))
-        .route("/app.js", get(web::app_js))
-        .route("/style.css", get(web::style_css))
-        .route("/pong", get(web::pong))
-        .route("/pong.js", get(web::pong_js))
-        .route("/pong.css", get(web::pong_css))
+        .route("/metrics", get(http::metrics));
+    let builtin: [(&str, axum::routing::MethodRouter<Arc<AppState>>); 8] = [
+        ("/", get(web::index)),
+        ("/postgame.js", get(web::postgame_js)),
+        ("/postgame.d.ts", get(web::postgame_d_ts)),
+        ("/app.js", get(web::app_js)),
+        ("/style.css", get(web::style_css)),
+        ("/pong", get(web::pong)),
+        ("/pong.js", get(web::pong_js)),
+        ("/pong.css", get(web::pong_css)),
+    ];
+    for (path, handler) in builtin {
+        if !pages.has(path) {
+            router = router.route(path, handler);
+        }
+    }
+    pages
+        .route(router)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -411,7 +411,7 @@ fn test_commit_reply_lost(reqs: &[&PublishRequest]) -> bool {
     hit
 }
 
-/// Writes a batch (see [`write_batch`]) and commits it. A COMMIT that fails is never
+/// Writes a batch (see `write_batch`) and commits it. A COMMIT that fails is never
 /// taken for a rollback: the transaction's id, recorded before, is looked up on another
 /// connection (`txid_status`). Committed: the batch's results stand. Aborted: nothing was
 /// written. Still unknown after a while: [`CommitError::Unknown`].

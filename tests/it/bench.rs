@@ -15,9 +15,14 @@ async fn a_tiny_e2e_run_plays_moves_and_reports_latencies() {
         duration: 1.0,
         workers: 2,
     };
-    let report = bench::e2e::run(&database_url(&opts), &args, false)
-        .await
-        .unwrap();
+    let report = bench::e2e::run(
+        &database_url(&opts),
+        &args,
+        false,
+        &postgame::game::Registry::builtin(),
+    )
+    .await
+    .unwrap();
     assert_eq!(report.scenario, "e2e");
     assert!(report.count > 0, "{report:?}");
     assert_eq!(report.errors, 0, "{report:?}");
@@ -120,9 +125,14 @@ fn json_u64(v: &serde_json::Value, key: &str) -> u64 {
 #[tokio::test]
 async fn a_tiny_fanout_run_delivers_every_message_through_listen_to_every_subscriber() {
     let (_db, opts) = TestDb::new().await;
-    let report = bench::fanout::run(&database_url(&opts), &tiny_fanout(), false)
-        .await
-        .unwrap();
+    let report = bench::fanout::run(
+        &database_url(&opts),
+        &tiny_fanout(),
+        false,
+        &postgame::game::Registry::builtin(),
+    )
+    .await
+    .unwrap();
     assert_fanout_complete(&report);
     assert!(
         report.params["path"].as_str().unwrap().contains("LISTEN"),
@@ -137,9 +147,14 @@ async fn a_tiny_fanout_baseline_run_delivers_every_message_without_a_database() 
         baseline: true,
         ..tiny_fanout()
     };
-    let report = bench::fanout::run(&database_url(&opts), &args, false)
-        .await
-        .unwrap();
+    let report = bench::fanout::run(
+        &database_url(&opts),
+        &args,
+        false,
+        &postgame::game::Registry::builtin(),
+    )
+    .await
+    .unwrap();
     assert_fanout_complete(&report);
     assert_eq!(report.params["baseline"], true);
 }

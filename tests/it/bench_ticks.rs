@@ -18,9 +18,14 @@ async fn tiny_run(opts: PgConnectOptions, game: &str, hz: f64) -> bench::Report 
         tick_batch: 10,
         sync_ticks: false,
     };
-    let report = bench::ticks::run(&database_url(&opts), &args, false)
-        .await
-        .unwrap();
+    let report = bench::ticks::run(
+        &database_url(&opts),
+        &args,
+        false,
+        &postgame::game::Registry::builtin(),
+    )
+    .await
+    .unwrap();
     assert_eq!(report.scenario, "ticks");
     assert!(report.count > 0, "{report:?}");
     assert_eq!(report.errors, 0, "{report:?}");
@@ -70,8 +75,13 @@ async fn a_ticks_run_refuses_pong_at_another_rate() {
         tick_batch: 10,
         sync_ticks: false,
     };
-    let e = bench::ticks::run(&database_url(&opts), &args, false)
-        .await
-        .unwrap_err();
+    let e = bench::ticks::run(
+        &database_url(&opts),
+        &args,
+        false,
+        &postgame::game::Registry::builtin(),
+    )
+    .await
+    .unwrap_err();
     assert!(e.to_string().contains("20 Hz"), "{e}");
 }

@@ -8,6 +8,7 @@ mod helpers;
 mod ledger;
 
 mod ambiguous;
+mod app;
 mod bench;
 mod bench_ticks;
 mod capabilities;

@@ -77,7 +77,9 @@ impl Sent {
     }
 }
 
-/// One match of game `G`, driven by the test.
+/// One match of game `G`, driven by the test. A clone is an independent copy (to try
+/// several continuations of one position).
+#[derive(Clone)]
 pub struct TestMatch<G: Game> {
     game: G,
     match_id: MatchId,

@@ -911,14 +911,18 @@ mod tests {
     use super::*;
     use crate::game::testkit::{id, t0};
     use crate::ids::MatchId;
+    use crate::testkit::TestMatch;
 
     fn secs(n: i64) -> Duration {
         Duration::seconds(n)
     }
 
-    /// A match driven by inputs at an injected clock.
+    /// A match driven by inputs at an injected clock, through the public test kit (the
+    /// engine's JSON round trip included); `state` mirrors the match's state after every
+    /// step, and `now` is the clock the next step runs at.
+    #[derive(Clone)]
     struct Harness {
-        config: Config,
+        m: TestMatch<TicTacToe>,
         state: State,
         now: DateTime<Utc>,
         last_msg_id: i64,
@@ -930,19 +934,13 @@ mod tests {
         }
 
         fn with_config(config: Config) -> Self {
-            let now = t0();
-            let cx = Cx {
-                match_id: MatchId::new_random(),
-                config: &config,
-                now,
-            };
-            let mut out = Vec::new();
-            let state = TicTacToe.create(&cx, &mut out);
-            assert_eq!(out.len(), 1, "create announces the match once");
+            let raw = serde_json::to_value(config).expect("a config serialises");
+            let m = TestMatch::new(TicTacToe, raw).expect("a valid config");
+            assert_eq!(m.created().0.len(), 1, "create announces the match once");
             Self {
-                config,
-                state,
-                now,
+                state: m.state(),
+                now: m.now(),
+                m,
                 last_msg_id: 0,
             }
         }
@@ -957,16 +955,13 @@ mod tests {
         }
 
         fn input(&mut self, input: Input) -> Vec<Outgoing> {
-            let cx = Cx {
-                match_id: MatchId::new_random(),
-                config: &self.config,
-                now: self.now,
-            };
-            let mut out = Vec::new();
-            TicTacToe
-                .handle(&cx, &mut self.state, &input, &mut out)
+            self.m.set_now(self.now);
+            let sent = self
+                .m
+                .input(input)
                 .expect("handlers never fail on game outcomes");
-            out
+            self.state = self.m.state();
+            sent.0
         }
 
         /// Runs a sequence of inputs, returning all their messages.
@@ -1024,26 +1019,19 @@ mod tests {
             self.now += secs(seconds);
         }
 
-        /// Ticks at the current clock.
+        /// Runs the tick due at the current clock, if one is (nothing is sent otherwise).
         fn tick(&mut self) -> Vec<Outgoing> {
-            let cx = Cx {
-                match_id: MatchId::new_random(),
-                config: &self.config,
-                now: self.now,
+            self.m.set_now(self.now);
+            let sent = match self.m.tick() {
+                None => return Vec::new(),
+                Some(result) => result.expect("ticks never fail"),
             };
-            let tick = Tick {
-                scheduled: self.now,
-                now: self.now,
-            };
-            let mut out = Vec::new();
-            TicTacToe
-                .tick(&cx, &mut self.state, tick, &mut out)
-                .expect("ticks never fail");
-            out
+            self.state = self.m.state();
+            sent.0
         }
 
         fn next_tick_at(&self) -> Option<DateTime<Utc>> {
-            TicTacToe.next_tick_at(&self.state)
+            self.m.next_tick_at()
         }
 
         /// Sends a message that must be rejected: checks it changed nothing and sent exactly
@@ -2335,12 +2323,7 @@ mod tests {
                 for c in (0..9).filter(|&c| c != a && c != b) {
                     for d in (0..9).filter(|&d| ![a, b, c].contains(&d)) {
                         for e in (0..9).filter(|&e| ![a, b, c, d].contains(&e)) {
-                            let mut h = Harness {
-                                config: start.config,
-                                state: start.state.clone(),
-                                now: start.now,
-                                last_msg_id: 0,
-                            };
+                            let mut h = start.clone();
                             for cell in [a, b, c, d, e] {
                                 let ended = h.state.status.is_over();
                                 let out = h.moves(&[cell]);

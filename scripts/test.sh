@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Every test postgame has: the Rust suite (unit tests, and integration tests against
-# PostgreSQL with the real server and real WebSocket clients), then the browser side
+# Every test postgame has: the Rust suite of the workspace (unit tests, doctests, and
+# integration tests against PostgreSQL with the real server and real WebSocket clients;
+# the example game examples/connect4 included), then the browser side
 # (postgame.js under node's test runner, the demo in headless Chromium).
 #
 # The database is DATABASE_URL's server when it is set. Otherwise it is what
@@ -22,5 +23,6 @@ if [ -z "${DATABASE_URL:-}" ]; then
       trap '"$BIN" cluster stop --data-dir "$DATA_DIR" >/dev/null' EXIT ;;
   esac
 fi
-cargo test
+# --workspace: the example game (examples/connect4) and its tests too.
+cargo test --workspace
 web/run-tests.sh

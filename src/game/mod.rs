@@ -255,7 +255,18 @@ pub trait Game: Send + Sync + 'static {
     fn label(&self, _state: &Self::State) -> Option<Value> {
         None
     }
+
+    /// How many players the matchmaker (`POST /v1/matchmaker`) puts in one match of this
+    /// game: that many tickets are paired into a new match, and each player's `join` is
+    /// applied to it, in ticket order, before anyone hears of it. Two by default; clamped
+    /// to 1..=[`MAX_PLAYERS_PER_MATCH`].
+    fn players_per_match(&self) -> usize {
+        2
+    }
 }
+
+/// Most players the matchmaker puts in one match ([`Game::players_per_match`]).
+pub const MAX_PLAYERS_PER_MATCH: usize = 64;
 
 /// Largest label a match may carry, serialised ([`Game::label`]).
 pub const MAX_LABEL_BYTES: usize = 1024;
@@ -325,6 +336,11 @@ pub struct Applied {
 pub trait DynGame: Send + Sync {
     fn name(&self) -> &'static str;
     fn creation(&self) -> Creation;
+    /// [`Game::players_per_match`], clamped to 1..=[`MAX_PLAYERS_PER_MATCH`].
+    fn players_per_match(&self) -> usize;
+    /// Parses and validates a client-supplied config ([`Game::config`]) and returns it in
+    /// the stored form, without creating a match (the matchmaker stores it with a ticket).
+    fn normalize_config(&self, raw_config: &Value) -> Result<Value, String>;
     fn create(
         &self,
         match_id: MatchId,
@@ -363,6 +379,16 @@ impl<G: Game> DynGame for G {
 
     fn creation(&self) -> Creation {
         Game::creation(self)
+    }
+
+    fn players_per_match(&self) -> usize {
+        Game::players_per_match(self).clamp(1, MAX_PLAYERS_PER_MATCH)
+    }
+
+    fn normalize_config(&self, raw_config: &Value) -> Result<Value, String> {
+        let config = catch_unwind(AssertUnwindSafe(|| self.config(raw_config)))
+            .map_err(|p| format!("the game panicked reading the config: {}", panic_text(&p)))??;
+        to_json(&config)
     }
 
     fn create(

@@ -92,6 +92,14 @@ pub async fn presence_sweep(pool: &PgPool, timeout: Duration) -> sqlx::Result<u6
     )
     .fetch_all(&mut *tx)
     .await?;
+    // Every connection of a gateway that is gone is over (the matchmaker's view of who is
+    // online: `postgame.sessions`).
+    sqlx::query(
+        "DELETE FROM postgame.sessions s
+          WHERE NOT EXISTS (SELECT 1 FROM postgame.gateways g WHERE g.id = s.gateway)",
+    )
+    .execute(&mut *tx)
+    .await?;
     if gone.is_empty() {
         tx.commit().await?;
         return Ok(0);
@@ -179,6 +187,65 @@ pub async fn run(
             tracing::debug!(error = %e, "gateway deregistration failed");
         }
     }
+}
+
+/// Records one live WebSocket connection in `postgame.sessions` until the returned guard
+/// is dropped (the session's end), by a task of its own: the insert (retried for a few
+/// seconds), then, once the guard is gone, the delete (retried for [`RETRY_FOR`]). Rows a
+/// stopped gateway leaves behind are deleted by [`presence_sweep`]. The matchmaker drops
+/// the tickets of clients with no row here.
+pub fn session_record(
+    pool: PgPool,
+    gateway: String,
+    connection: String,
+    client: ClientId,
+) -> tokio_util::sync::DropGuard {
+    let ended = CancellationToken::new();
+    let guard = ended.clone().drop_guard();
+    tokio::spawn(async move {
+        let mut pause = Duration::from_millis(100);
+        for _ in 0..6 {
+            let r = sqlx::query(
+                "INSERT INTO postgame.sessions (gateway, connection, client_id)
+                 VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            )
+            .bind(&gateway)
+            .bind(&connection)
+            .bind(client.as_str())
+            .execute(&pool)
+            .await;
+            match r {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "recording a session failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+            }
+        }
+        ended.cancelled().await;
+        let started = tokio::time::Instant::now();
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let r =
+                sqlx::query("DELETE FROM postgame.sessions WHERE gateway = $1 AND connection = $2")
+                    .bind(&gateway)
+                    .bind(&connection)
+                    .execute(&pool)
+                    .await;
+            match r {
+                Ok(_) => break,
+                Err(e) if started.elapsed() < RETRY_FOR && !pool.is_closed() => {
+                    tracing::debug!(error = %e, "unrecording a session failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                // The sweep deletes it once this gateway is gone.
+                Err(_) => break,
+            }
+        }
+    });
+    guard
 }
 
 /// A session's presence changes, applied in order by a task of their own.

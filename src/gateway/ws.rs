@@ -176,6 +176,8 @@ struct Session {
     pending: FuturesOrdered<Pending>,
     /// This connection's presence changes, applied in order, durably ([`Presence`]).
     presence: Presence,
+    /// Keeps this connection in `postgame.sessions` until the session ends.
+    _online: tokio_util::sync::DropGuard,
     /// The connection's publish bucket (`--conn-publish-burst`/`--conn-publish-rate`).
     publish_bucket: Option<Bucket>,
     refusals: VecDeque<Instant>,
@@ -256,11 +258,18 @@ pub async fn run<S, R, E>(
         connection_id.clone(),
         me.client.clone(),
     );
+    let online = crate::presence::session_record(
+        app.pool.clone(),
+        app.instance.clone(),
+        connection_id.clone(),
+        me.client.clone(),
+    );
     let mut s = Session {
         app: Arc::clone(&app),
         me,
         conn,
         presence,
+        _online: online,
         outbox,
         closer: Arc::clone(&closer),
         subs: HashSet::new(),

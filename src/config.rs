@@ -559,6 +559,15 @@ pub struct ServeConfig {
     )]
     pub matches_per_client_per_minute: u32,
 
+    /// Seconds a matchmaker ticket waits for a match before it expires (answered with
+    /// `matchmaker_expired` on `user:<client>`).
+    #[arg(
+        long,
+        env = "POSTGAME_MATCHMAKER_TICKET_SECONDS",
+        default_value_t = 60.0
+    )]
+    pub matchmaker_ticket_seconds: f64,
+
     /// Reverse proxies (comma-separated IP addresses) whose `X-Forwarded-For` is believed:
     /// requests through them are limited per the forwarded client address.
     #[arg(long, env = "POSTGAME_TRUSTED_PROXIES", value_delimiter = ',')]
@@ -672,6 +681,11 @@ impl ServeConfig {
 
     pub fn write_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.write_timeout_seconds.clamp(0.05, 86_400.0))
+    }
+
+    /// How long a matchmaker ticket waits before it expires (0.1 s to a day).
+    pub fn matchmaker_ticket_ttl(&self) -> Duration {
+        Duration::from_secs_f64(self.matchmaker_ticket_seconds.clamp(0.1, 86_400.0))
     }
 
     pub fn presence_timeout(&self) -> Duration {

@@ -203,6 +203,7 @@
 //! - `ids`: identifier newtypes (`MatchId`, `ClientId`, `Channel`).
 //! - `game`: the [`Game`] trait, its type-erased form, the [`Registry`], the built-in games.
 //! - `matches`: the match store (create, read, load and save in a transaction).
+//! - `matchmaker`: tickets paired into new matches by the workers, exactly once.
 //! - `queue`: the durable control queue and the gateway's group-committing publisher.
 //! - `worker`: applies control messages to match state, exactly once, in order.
 //! - `ticker`: runs every match's clock (due `next_tick_at`), shared by any number of
@@ -243,6 +244,8 @@ pub mod ids;
 pub mod lease;
 #[doc(hidden)]
 pub mod matches;
+#[doc(hidden)]
+pub mod matchmaker;
 #[doc(hidden)]
 pub mod presence;
 #[doc(hidden)]
@@ -450,6 +453,12 @@ pub async fn start_with_pages(
             Duration::from_secs(60),
             stop.clone(),
         ));
+        // Expiry, disconnect drops and retention of matchmaker tickets.
+        tasks.spawn(matchmaker::run_sweep(
+            pool.clone(),
+            Arc::clone(&notifier),
+            stop.clone(),
+        ));
     }
 
     if config.runs(Role::Ticker) {
@@ -512,12 +521,14 @@ pub async fn start_with_pages(
                     f64::from(config.conn_publish_burst),
                 )),
                 matches_per_client_per_minute: config.matches_per_client_per_minute,
+                matchmaker_ticket_ttl: config.matchmaker_ticket_ttl(),
             },
             limits: gateway::Limits {
                 guest_tokens: gateway::limits::Keyed::per_minute(
                     config.guest_tokens_per_ip_per_minute,
                 ),
                 matches: gateway::limits::Keyed::per_minute(config.matches_per_ip_per_minute),
+                tickets: gateway::limits::Keyed::per_minute(config.matches_per_ip_per_minute),
             },
             instance: instance.clone(),
             next_conn: AtomicU64::new(1),

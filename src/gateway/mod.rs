@@ -7,6 +7,7 @@ pub mod error;
 pub mod frames;
 pub mod http;
 pub mod limits;
+pub mod matchmaker;
 pub mod serve;
 pub mod web;
 pub mod ws;
@@ -49,12 +50,16 @@ pub struct GatewayConfig {
     pub conn_publish: Option<(f64, f64)>,
     /// Matches per client and minute, across gateways (0: no limit).
     pub matches_per_client_per_minute: u32,
+    /// How long a matchmaker ticket waits for a match.
+    pub matchmaker_ticket_ttl: Duration,
 }
 
 /// The keyed limits of a gateway.
 pub struct Limits {
     pub guest_tokens: limits::Keyed<std::net::IpAddr>,
     pub matches: limits::Keyed<std::net::IpAddr>,
+    /// Matchmaker tickets per source address (the match-creation setting, its own buckets).
+    pub tickets: limits::Keyed<std::net::IpAddr>,
 }
 
 /// Everything a request handler needs.
@@ -184,6 +189,11 @@ pub fn router(app: Arc<AppState>, pages: &web::Pages) -> Router {
             post(http::match_create_handler).get(http::match_list_handler),
         )
         .route("/v1/matches/{id}", get(http::match_get_handler))
+        .route("/v1/matchmaker", post(matchmaker::ticket_create_handler))
+        .route(
+            "/v1/matchmaker/{ticket}",
+            get(matchmaker::ticket_get_handler).delete(matchmaker::ticket_cancel_handler),
+        )
         .route(
             "/v1/channels/{channel}/messages",
             post(http::channel_publish_handler),

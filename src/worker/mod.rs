@@ -6,7 +6,8 @@
 //! processed rows, and commit. That commit is the exactly-once point: a worker killed
 //! before it leaves the rows in the queue for the next claim, with no effect anywhere.
 //! [`Worker::run`] is the policy around it: loop while there is work, sleep until a
-//! NOTIFY (or a slow poll) when there is none, back off on database errors.
+//! NOTIFY (or a slow poll) when there is none, back off on database errors. Between
+//! batches it also pairs matchmaker tickets ([`crate::matchmaker::pair_once`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +29,10 @@ use crate::queue::{
     control_claim, control_delete, control_fail, control_heads_settle, control_holds_clear,
     ControlRow, Failure,
 };
+
+/// Longest a busy worker goes without trying to pair matchmaker tickets
+/// ([`crate::matchmaker::pair_once`]); an idle one tries at every wake-up and poll.
+pub const MATCHMAKER_EVERY: Duration = Duration::from_millis(50);
 
 /// Settings of a worker.
 #[derive(Debug, Clone)]
@@ -258,10 +263,35 @@ impl Worker {
             first: Duration::from_millis(200),
             max: Duration::from_millis(6400),
         };
+        // Matchmaking shares the loop: tried after every batch, at most every
+        // MATCHMAKER_EVERY while the queue keeps the worker busy.
+        let last_pairing = std::sync::Mutex::new(None::<tokio::time::Instant>);
         claim_loop::run("worker batch", &wake, &stop, backoff, || async {
-            Ok(match self.run_once().await? {
-                o if o.claimed > 0 || o.matches > 0 => Step::Worked,
-                _ => Step::Idle(self.config.poll_interval),
+            let o = self.run_once().await?;
+            let busy = o.claimed > 0 || o.matches > 0;
+            let due = {
+                let mut last = last_pairing.lock().unwrap_or_else(|e| e.into_inner());
+                let due = !busy || last.map_or(true, |t| t.elapsed() >= MATCHMAKER_EVERY);
+                if due {
+                    *last = Some(tokio::time::Instant::now());
+                }
+                due
+            };
+            let paired = if due {
+                crate::matchmaker::pair_once(
+                    &self.pool,
+                    &self.games,
+                    &self.notifier,
+                    self.config.handler_limit,
+                )
+                .await?
+            } else {
+                0
+            };
+            Ok(if busy || paired > 0 {
+                Step::Worked
+            } else {
+                Step::Idle(self.config.poll_interval)
             })
         })
         .await;

@@ -26,6 +26,7 @@ mod leases;
 mod limits;
 mod listing;
 mod lobby;
+mod matchmaker;
 mod outage;
 mod presence;
 mod resilience;

@@ -111,6 +111,8 @@ client.on('connected', () => {
     channel,
     (msg) => {
       if (msg.name === 'rejected') notice(REASONS[msg.data.reason] || msg.data.reason);
+      else if (msg.name === 'matched') onMatched(msg.data);
+      else if (msg.name === 'matchmaker_expired') onTicketEnded(msg.data);
     },
     // forbidden: the channel of an identity we no longer have (replaced just below).
     { onError: (e) => e.code !== 'forbidden' && failed(e) },
@@ -202,6 +204,70 @@ $('new-form').addEventListener('submit', async (ev) => {
     $('new-match').disabled = false;
   }
 });
+
+// ---- quick match: the matchmaker ----------------------------------------------------------
+//
+// POST /v1/matchmaker opens a ticket; the server pairs it with the next player asking for
+// the same time per move, creates the match with both seats taken, and says `matched` on
+// our user: channel (possibly before the POST's reply arrives). The ticket expires after a
+// minute (`matchmaker_expired`); the button cancels it meanwhile.
+
+/** The open ticket's id, 'asking' while the POST is on its way, or null. */
+let quickTicket = null;
+
+function renderQuick() {
+  const b = $('quick-match');
+  b.textContent = quickTicket ? 'Searching… (cancel)' : 'Quick match';
+  b.classList.toggle('searching', Boolean(quickTicket));
+}
+
+$('quick-match').addEventListener('click', async () => {
+  if (quickTicket && quickTicket !== 'asking') {
+    const id = quickTicket;
+    quickTicket = null;
+    renderQuick();
+    try {
+      const t = await client.request('DELETE', `/v1/matchmaker/${id}`);
+      if (t.status === 'matched') onMatched({ match_id: t.match_id, ticket: t.ticket });
+    } catch (e) {
+      failed(e);
+    }
+    return;
+  }
+  if (quickTicket) return;
+  const seconds = Number($('turn-seconds').value);
+  quickTicket = 'asking';
+  renderQuick();
+  try {
+    const t = await client.request('POST', '/v1/matchmaker', {
+      game: GAME,
+      config: { turn_seconds: seconds, reconnect_seconds: Math.max(30, seconds) },
+    });
+    if (quickTicket !== 'asking') return; // matched (or ended) before the reply came
+    if (t.status === 'matched') return onMatched({ match_id: t.match_id, ticket: t.ticket });
+    quickTicket = t.ticket;
+    notice('Looking for an opponent…');
+  } catch (e) {
+    quickTicket = null;
+    failed(e);
+  }
+  renderQuick();
+});
+
+function onMatched({ match_id: id }) {
+  if (!quickTicket) return; // an old ticket's news
+  quickTicket = null;
+  renderQuick();
+  // Our seat is already taken: open the match, no join needed.
+  location.hash = `#/match/${id}`;
+}
+
+function onTicketEnded({ ticket, reason }) {
+  if (!quickTicket || (quickTicket !== 'asking' && quickTicket !== ticket)) return;
+  quickTicket = null;
+  renderQuick();
+  notice(reason === 'expired' ? 'Nobody else was looking for a match. Try again, or start one.' : 'The search stopped.');
+}
 
 $('code-form').addEventListener('submit', async (ev) => {
   ev.preventDefault();

@@ -71,3 +71,77 @@ async fn a_flooded_match_does_not_delay_another_matchs_move() {
     assert_eq!(heads, 0, "a head outlived its match's messages");
     app.shutdown().await;
 }
+
+/// A worker that has just moved a match's head (rows of it remain) holds that head until
+/// it commits; a publisher enqueuing to the same match meanwhile must not wait for it: it
+/// holds enqueue locks the worker may need next (a deadlock that PostgreSQL broke after a
+/// second by failing one of them, under presence churn).
+#[tokio::test]
+async fn a_publisher_does_not_wait_for_a_worker_settling_the_same_matchs_head() {
+    let (_db, opts) = TestDb::new().await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(3)
+        .connect_with(opts)
+        .await
+        .unwrap();
+    postgame::store::migrate(&pool).await.unwrap();
+    let (info, _) =
+        postgame::matches::match_create(&pool, &postgame::game::tictactoe::TicTacToe, &json!({}))
+            .await
+            .unwrap();
+    let m = info.id;
+    let enqueue = "INSERT INTO postgame.control (match_id, client_id, name, data)
+                   VALUES ($1, 'c', 'chat', '{}')";
+    for _ in 0..2 {
+        sqlx::query(enqueue).bind(m).execute(&pool).await.unwrap();
+    }
+
+    // The worker: claims the head, consumes the first row, settles (the head moves on).
+    let mut worker = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM postgame.control_heads WHERE match_id = $1 FOR UPDATE")
+        .bind(m)
+        .execute(&mut *worker)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM postgame.control WHERE id = (SELECT min(id) FROM postgame.control WHERE match_id = $1)")
+        .bind(m)
+        .execute(&mut *worker)
+        .await
+        .unwrap();
+    sqlx::query("SELECT postgame.control_heads_settle(ARRAY[$1::uuid])")
+        .bind(m)
+        .execute(&mut *worker)
+        .await
+        .unwrap();
+
+    // The publisher, under the match's enqueue lock, before the worker commits.
+    let mut publisher = pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL lock_timeout = '5s'")
+        .execute(&mut *publisher)
+        .await
+        .unwrap();
+    sqlx::query("SELECT postgame.lock_enqueue($1)")
+        .bind(m)
+        .execute(&mut *publisher)
+        .await
+        .unwrap();
+    let inserted = sqlx::query(enqueue).bind(m).execute(&mut *publisher).await;
+    assert!(
+        inserted.is_ok(),
+        "the publisher waited for the worker: {inserted:?}"
+    );
+    publisher.commit().await.unwrap();
+    worker.commit().await.unwrap();
+
+    // The head is the oldest remaining message; both remaining messages are there.
+    let (head, oldest, left): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT head FROM postgame.control_heads WHERE match_id = $1),
+                (SELECT min(id) FROM postgame.control WHERE match_id = $1),
+                (SELECT count(*) FROM postgame.control WHERE match_id = $1)",
+    )
+    .bind(m)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((head, left), (oldest, 2));
+}

@@ -165,6 +165,41 @@ pub enum Scenario {
     /// `BEGIN` or a logical replication slot does): throughput, latency and dead rows with
     /// and without the hold.
     Soak(SoakArgs),
+    /// WebSocket clients connecting, spectating a match, publishing and leaving (cleanly,
+    /// abruptly or on a protocol error) over and over: the gateway process's memory and
+    /// open files over time, and that nothing of a gone client stays behind.
+    Churn(ChurnArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ChurnArgs {
+    /// Seconds to run.
+    #[arg(long, default_value_t = 1800.0)]
+    pub duration: f64,
+
+    /// Concurrent clients, each repeating a session until the end.
+    #[arg(long, default_value_t = 200)]
+    pub clients: usize,
+
+    /// Distinct client ids the sessions use (tokens made once, picked at random).
+    #[arg(long, default_value_t = 2000)]
+    pub identities: usize,
+
+    /// Tic Tac Toe matches the sessions spectate.
+    #[arg(long, default_value_t = 50)]
+    pub matches: usize,
+
+    /// `bench-<k>` channels the sessions publish on.
+    #[arg(long, default_value_t = 20)]
+    pub channels: usize,
+
+    /// Longest a session stays connected after its message came back, in ms (uniform).
+    #[arg(long, default_value_t = 500)]
+    pub hold_ms: u64,
+
+    /// Seconds between samples of the gateway's RSS and open files.
+    #[arg(long, default_value_t = 10.0)]
+    pub sample_every: f64,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -47,7 +47,7 @@ use crate::config::{FanoutArgs, Role, ServeConfig};
 use crate::game::Registry;
 use crate::gateway::auth::{Auth, Cap};
 
-const SECRET: &str = "postgame-bench-secret";
+pub(super) const SECRET: &str = "postgame-bench-secret";
 /// Subscribers connecting at once.
 const CONNECT_CONCURRENCY: usize = 64;
 /// The longest a connection and its handshake may take.
@@ -60,7 +60,7 @@ const BARE_QUEUE: usize = 1024;
 /// How long deliveries may stall after the publisher stopped before the run ends.
 const SETTLE: Duration = Duration::from_secs(3);
 
-type ClientWs =
+pub(super) type ClientWs =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// What subscribers and the publisher share.
@@ -104,7 +104,7 @@ struct SubOutcome {
 }
 
 /// The number after `key` (e.g. `"seq":`) in a JSON text, spaces allowed.
-fn number_after(text: &str, key: &str) -> Option<u64> {
+pub(super) fn number_after(text: &str, key: &str) -> Option<u64> {
     let rest = &text[text.find(key)? + key.len()..];
     let rest = rest.trim_start();
     let end = rest
@@ -113,7 +113,7 @@ fn number_after(text: &str, key: &str) -> Option<u64> {
     rest[..end].parse().ok()
 }
 
-async fn connect(url: &str) -> anyhow::Result<ClientWs> {
+pub(super) async fn connect(url: &str) -> anyhow::Result<ClientWs> {
     let config = WebSocketConfig::default().read_buffer_size(CLIENT_READ_BUFFER);
     let connecting = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
     // A server out of file descriptors leaves a connection in its backlog forever.
@@ -125,7 +125,7 @@ async fn connect(url: &str) -> anyhow::Result<ClientWs> {
 }
 
 /// The next text frame (pings are answered by the library while reading).
-async fn next_text(ws: &mut ClientWs) -> anyhow::Result<String> {
+pub(super) async fn next_text(ws: &mut ClientWs) -> anyhow::Result<String> {
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => return Ok(t.as_str().to_owned()),
@@ -350,7 +350,7 @@ impl Servers {
 
 /// Starts this binary with `args` as a server listening on a free port (`{addr}` in `args`
 /// is replaced by it) and waits until it accepts connections.
-async fn spawn_server(
+pub(super) async fn spawn_server(
     args: &[String],
     db_url: &str,
 ) -> anyhow::Result<(tokio::process::Child, SocketAddr)> {
@@ -662,7 +662,7 @@ async fn start_baseline(db_url: &str, args: &FanoutArgs) -> anyhow::Result<Setup
     })
 }
 
-fn mib(bytes: Option<u64>) -> Value {
+pub(super) fn mib(bytes: Option<u64>) -> Value {
     bytes.map_or(Value::Null, |b| {
         json!((b as f64 / 1048576.0 * 10.0).round() / 10.0)
     })

@@ -5,6 +5,7 @@
 //! holding at least `scenario`, `throughput_per_s` and `latency_ms` (`p50`, `p90`, `p99`,
 //! `max`, from an HDR histogram) plus the parameters it ran with.
 
+pub mod churn;
 pub mod e2e;
 pub mod fanout;
 pub mod queue;
@@ -46,6 +47,7 @@ async fn run_on(args: &BenchArgs, games: &crate::game::Registry) -> anyhow::Resu
         Scenario::Fanout(a) => fanout::run(db.url(), a, !args.json, games).await,
         Scenario::Ticks(a) => ticks::run(db.url(), a, !args.json, games).await,
         Scenario::Soak(a) => soak::run(db.url(), a, !args.json).await,
+        Scenario::Churn(a) => churn::run(db.url(), a, !args.json).await,
     };
     db.finish().await;
     let report = result?;

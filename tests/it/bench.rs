@@ -197,3 +197,40 @@ async fn a_tiny_soak_holds_the_xmin_horizon_and_applies_every_message_once() {
         .sum();
     assert_eq!(enqueued, 300, "every message falls in one phase: {p}");
 }
+
+/// `bench churn` runs the gateway as a process of the real binary: sessions come and go
+/// (closed cleanly, dropped, cut off on a protocol error) and nothing of them stays.
+#[tokio::test]
+async fn a_tiny_churn_run_leaves_no_connection_and_no_presence_behind() {
+    let (_db, opts) = TestDb::new().await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_postgame"))
+        .args(["bench", "--in-place", "--json", "churn", "--duration", "6"])
+        .args(["--clients", "6", "--matches", "2", "--channels", "2"])
+        .args(["--hold-ms", "100", "--sample-every", "1"])
+        .env("DATABASE_URL", database_url(&opts))
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["scenario"], "churn");
+    assert_eq!(report["errors"], 0, "{report}");
+    // Three sessions at least, so each way of leaving was taken.
+    assert!(json_u64(&report, "count") >= 3, "{report}");
+    let p = &report["params"];
+    assert_eq!(p["connections_gauge_after"], 0.0, "{report}");
+    assert_eq!(p["presence_rows_after"], 0, "{report}");
+    assert!(
+        p["samples"].as_array().is_some_and(|s| s.len() >= 3),
+        "{report}"
+    );
+    assert!(
+        p["rss_end_mib"].as_f64().is_some_and(|m| m > 0.0),
+        "{report}"
+    );
+}

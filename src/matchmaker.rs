@@ -116,12 +116,39 @@ const TICKET_COLUMNS: &str = "id, game, config, query, status, match_id, created
 /// Opens a ticket for `t.client`, or returns the one it already has for this game. The
 /// client's openings are serialised by an advisory lock, so the one-open-ticket rule and
 /// the per-minute count hold across gateways.
-pub async fn ticket_open(pool: &PgPool, t: NewTicket<'_>) -> Result<Opened, OpenError> {
+///
+/// A waiting ticket of the client for this game that is past its expiry but not swept yet
+/// is expired here first (with its `matchmaker_expired`), so it is never handed back.
+pub async fn ticket_open(
+    pool: &PgPool,
+    notifier: &Notifier,
+    t: NewTicket<'_>,
+) -> Result<Opened, OpenError> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('postgame.mm_client:' || $1, 0))")
         .bind(t.client.as_str())
         .execute(&mut *tx)
         .await?;
+    let stale: Vec<Uuid> = sqlx::query_scalar(
+        r#"
+        UPDATE postgame.mm_tickets SET status = 'expired', ended_at = now()
+        WHERE id IN (SELECT id FROM postgame.mm_tickets
+                      WHERE client_id = $1 AND game = $2 AND status = 'waiting'
+                        AND expires_at <= now()
+                      FOR UPDATE)
+          AND status = 'waiting'
+        RETURNING id
+        "#,
+    )
+    .bind(t.client.as_str())
+    .bind(t.game)
+    .fetch_all(&mut *tx)
+    .await?;
+    let told: Vec<NewMessage> = stale
+        .iter()
+        .filter_map(|id| expired_message(t.client.as_str(), *id, "expired"))
+        .collect();
+    let (_, heads) = log_append(&mut tx, &told).await?;
     let existing: Option<Ticket> = sqlx::query_as(&format!(
         "SELECT {TICKET_COLUMNS} FROM postgame.mm_tickets
           WHERE client_id = $1 AND game = $2 AND status = 'waiting'"
@@ -132,6 +159,7 @@ pub async fn ticket_open(pool: &PgPool, t: NewTicket<'_>) -> Result<Opened, Open
     .await?;
     if let Some(existing) = existing {
         tx.commit().await?;
+        notifier.heads(&heads);
         return if existing.config == *t.config && existing.query == *t.query {
             Ok(Opened::Existing(existing))
         } else {
@@ -172,6 +200,7 @@ pub async fn ticket_open(pool: &PgPool, t: NewTicket<'_>) -> Result<Opened, Open
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
+    notifier.heads(&heads);
     Ok(Opened::New(ticket))
 }
 

@@ -88,6 +88,7 @@ pub async fn ticket_create_handler(
     }
     let opened = ticket_open(
         &app.pool,
+        &app.notifier,
         NewTicket {
             client: &me.client,
             game: game.name(),

@@ -453,3 +453,247 @@ async fn bad_matchmaker_requests_get_the_contracts_errors() {
     assert_eq!(none, 0, "no refused request left a ticket");
     app.shutdown().await;
 }
+
+/// A three-player test game whose `join` is slow (30 ms), so a pairing transaction lasts
+/// long enough to be killed mid-way.
+struct Trio;
+
+#[derive(serde::Serialize, serde::Deserialize, Clone, Default)]
+struct TrioState {
+    players: Vec<String>,
+}
+
+impl postgame::game::Game for Trio {
+    type Config = Value;
+    type State = TrioState;
+
+    fn name(&self) -> &'static str {
+        "trio"
+    }
+
+    fn config(&self, _raw: &Value) -> Result<Value, String> {
+        Ok(json!({}))
+    }
+
+    fn create(
+        &self,
+        _cx: &postgame::game::Cx<'_, Value>,
+        _out: &mut Vec<postgame::game::Outgoing>,
+    ) -> TrioState {
+        TrioState::default()
+    }
+
+    fn handle(
+        &self,
+        _cx: &postgame::game::Cx<'_, Value>,
+        state: &mut TrioState,
+        input: &postgame::game::Input,
+        _out: &mut Vec<postgame::game::Outgoing>,
+    ) -> Result<(), postgame::game::GameError> {
+        if let postgame::game::Input::Client { client, name, .. } = input {
+            if name == "join" && state.players.len() < 3 {
+                std::thread::sleep(Duration::from_millis(30));
+                state.players.push(client.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    fn status(&self, state: &TrioState) -> &'static str {
+        if state.players.len() == 3 {
+            "playing"
+        } else {
+            "waiting"
+        }
+    }
+
+    fn players_per_match(&self) -> usize {
+        3
+    }
+}
+
+#[tokio::test]
+async fn a_game_says_how_many_players_and_killed_pairings_leave_no_trace() {
+    let (_db, opts) = TestDb::new().await;
+    let games = || Registry::builtin().with(Trio);
+    let app = TestApp::spawn_with(opts, games(), |c| {
+        c.roles = vec![Role::Gateway];
+        c.db_connections = 4;
+    })
+    .await;
+    // Thirty players queue up, one after the other, while no worker runs.
+    let names: Vec<String> = (0..30).map(|i| format!("trio{i:02}")).collect();
+    let mut clients = Vec::new();
+    for n in &names {
+        clients.push(player(&app, n).await);
+        let (status, t) = open(&app, n, json!({ "game": "trio" })).await;
+        assert_eq!(status, 201, "{t}");
+    }
+    // Workers start, and their transactions are killed again and again mid-pairing.
+    let mut config = test_config(&app.db_url);
+    config.roles = vec![Role::Worker];
+    config.workers = 2;
+    config.db_connections = 3;
+    let workers = postgame::start(config, games(), None).await.unwrap();
+    let kills = crate::helpers::kill_backends(app.pool.clone(), "postgame worker").await;
+    assert!(kills > 0, "the test killed no worker transaction");
+
+    let mut seats: HashMap<String, Vec<String>> = HashMap::new();
+    for (n, c) in names.iter().zip(clients.iter_mut()) {
+        let m = c.named(&format!("user:{n}"), "matched").await;
+        let id = m["data"]["match_id"].as_str().unwrap().to_owned();
+        seats.entry(id).or_default().push(n.clone());
+    }
+    let matches: Vec<(String, Value)> =
+        sqlx::query_as("SELECT id::text, state FROM postgame.matches")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(matches.len(), 10, "a killed pairing left no match behind");
+    let mut groups: Vec<Vec<String>> = Vec::new();
+    for (id, state) in &matches {
+        let players: Vec<String> = serde_json::from_value(state["players"].clone()).unwrap();
+        assert_eq!(players, seats[id], "seated in ticket order: {state}");
+        groups.push(players);
+    }
+    // FIFO: the oldest three tickets make a match, then the next three, …
+    groups.sort();
+    let expected: Vec<Vec<String>> = names.chunks(3).map(<[String]>::to_vec).collect();
+    assert_eq!(groups, expected);
+    for n in &names {
+        assert_eq!(
+            logged(&app, n, "matched").await.len(),
+            1,
+            "{n}: one `matched`"
+        );
+    }
+    drop(clients);
+    workers.shutdown().await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn tickets_are_limited_per_client_and_per_address_like_match_creation() {
+    let (_db, opts) = TestDb::new().await;
+    let app = TestApp::spawn_with(opts, Registry::builtin(), |c| {
+        c.matches_per_client_per_minute = 2;
+        c.matches_per_ip_per_minute = 4;
+    })
+    .await;
+    let _pat = player(&app, "pat").await;
+    let ask = json!({ "game": "tictactoe" });
+    for _ in 0..2 {
+        let (status, t) = open(&app, "pat", ask.clone()).await;
+        assert_eq!(status, 201, "{t}");
+        let (status, _) = cancel(&app, "pat", t["ticket"].as_str().unwrap()).await;
+        assert_eq!(status, 200);
+    }
+    let (status, body) = open(&app, "pat", ask.clone()).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["code"], "rate_limited");
+    assert!(
+        body["message"].as_str().unwrap().contains("per client"),
+        "{body}"
+    );
+    // Another client from the same address gets the fourth of the address's tickets…
+    let _quin = player(&app, "quin").await;
+    assert_eq!(open(&app, "quin", ask.clone()).await.0, 201);
+    // …and the fifth is refused, whoever asks.
+    let _rae = player(&app, "rae").await;
+    let (status, body) = open(&app, "rae", ask).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("address"),
+        "{body}"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn cancels_racing_the_workers_never_leave_a_ticket_both_cancelled_and_matched() {
+    let (_db, opts) = TestDb::new().await;
+    let app = TestApp::spawn_with(opts, Registry::builtin(), |c| c.workers = 4).await;
+    let names: Vec<String> = (0..60).map(|i| format!("race{i:02}")).collect();
+    let mut clients = Vec::new();
+    for n in &names {
+        clients.push(player(&app, n).await);
+    }
+    // Everyone asks at once; every other player cancels as soon as it has its ticket.
+    let runs = names.iter().enumerate().map(|(i, n)| {
+        let app = &app;
+        async move {
+            let (status, t) = open(app, n, json!({ "game": "tictactoe" })).await;
+            assert_eq!(status, 201, "{t}");
+            let id = t["ticket"].as_str().unwrap().to_owned();
+            let answer = if i % 2 == 0 {
+                let (status, t) = cancel(app, n, &id).await;
+                assert_eq!(status, 200, "{t}");
+                Some(t["status"].as_str().unwrap().to_owned())
+            } else {
+                None
+            };
+            (n.clone(), id, answer)
+        }
+    });
+    let runs = futures_util::future::join_all(runs).await;
+    // Whoever is left unpaired (an odd one out) is cancelled once the workers are done.
+    app.wait_until("SELECT count(*) <= 1 FROM postgame.mm_tickets WHERE status = 'waiting'")
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (n, id, _) in &runs {
+        cancel(&app, n, id).await;
+    }
+
+    let mut players_of: HashMap<String, HashSet<String>> = HashMap::new();
+    let (mut cancelled, mut matched) = (0, 0);
+    for (n, id, answer) in &runs {
+        let t = ticket(&app, n, id).await;
+        let told = logged(&app, n, "matched").await;
+        match t["status"].as_str().unwrap() {
+            "cancelled" => {
+                cancelled += 1;
+                assert!(told.is_empty(), "{n}: cancelled yet told {told:?}");
+            }
+            "matched" => {
+                matched += 1;
+                assert_eq!(told.len(), 1, "{n}: {told:?}");
+                assert_eq!(told[0]["ticket"], id.as_str());
+                assert_eq!(told[0]["match_id"], t["match_id"]);
+                if let Some(a) = answer {
+                    assert_eq!(
+                        a, "matched",
+                        "{n}: the cancel said {a}, the ticket is matched"
+                    );
+                }
+                players_of
+                    .entry(t["match_id"].as_str().unwrap().to_owned())
+                    .or_default()
+                    .insert(n.clone());
+            }
+            other => panic!("{n}: ticket ended {other}: {t}"),
+        }
+        if answer.as_deref() == Some("cancelled") {
+            assert_eq!(t["status"], "cancelled");
+        }
+    }
+    assert_eq!(cancelled + matched, 60);
+    assert!(
+        matched >= 30,
+        "the players who did not cancel were paired: {matched}"
+    );
+    let matches: Vec<(String, Value)> =
+        sqlx::query_as("SELECT id::text, state FROM postgame.matches")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(matches.len(), players_of.len());
+    for (id, state) in &matches {
+        let seated: HashSet<String> = ["X", "O"]
+            .iter()
+            .map(|m| state["players"][m].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(seated, players_of[id], "{state}");
+    }
+    drop(clients);
+    app.shutdown().await;
+}

@@ -45,6 +45,11 @@ pub struct Claim {
 /// each in id order, at most `limit` rows in all (every claimed match gets its first rows
 /// before any match gets more). One match's backlog therefore costs other matches at most
 /// one worker and `per_match` rows per transaction, never their turn.
+///
+/// Each match's rows are read from its head on (`id >= head`: no pending row of a match is
+/// older than its head, since a match's ids are allocated and committed in order under its
+/// enqueue lock), so the index scan starts past the entries of the rows already consumed,
+/// which stay in the index, dead, for as long as a transaction holds the xmin horizon back.
 pub async fn control_claim(
     conn: &mut PgConnection,
     limit: i64,
@@ -66,7 +71,7 @@ pub async fn control_claim(
             LIMIT $1
             FOR UPDATE SKIP LOCKED
         )
-        SELECT match_id AS "match_id!", now() AS "now!" FROM heads
+        SELECT match_id AS "match_id!", head AS "head!", now() AS "now!" FROM heads
         WHERE postgame.try_lock_match(match_id)
         ORDER BY head
         "#,
@@ -80,7 +85,8 @@ pub async fn control_claim(
             ..Claim::default()
         });
     };
-    let matches: Vec<Uuid> = heads.into_iter().map(|h| h.match_id).collect();
+    let (matches, starts): (Vec<Uuid>, Vec<i64>) =
+        heads.into_iter().map(|h| (h.match_id, h.head)).unzip();
     let rows = sqlx::query_as!(
         ControlRow,
         r#"
@@ -88,12 +94,12 @@ pub async fn control_claim(
         FROM postgame.control c
         WHERE c.id = ANY(ARRAY(
             SELECT p.id
-            FROM unnest($1::uuid[]) WITH ORDINALITY AS m(match_id, pos)
+            FROM unnest($1::uuid[], $5::int8[]) WITH ORDINALITY AS m(match_id, head, pos)
             CROSS JOIN LATERAL (
                 SELECT q.id, row_number() OVER (ORDER BY q.id) AS rank
                 FROM (
                     SELECT q.id FROM postgame.control q
-                    WHERE q.match_id = m.match_id
+                    WHERE q.match_id = m.match_id AND q.id >= m.head
                     ORDER BY q.id
                     LIMIT $2
                 ) q
@@ -106,7 +112,8 @@ pub async fn control_claim(
         &matches,
         per_match.max(1),
         limit,
-        now
+        now,
+        &starts
     )
     .fetch_all(&mut *conn)
     .await?;

@@ -67,6 +67,9 @@ pub struct Ticket {
     pub game: String,
     pub config: Value,
     pub query: Value,
+    /// The data of the `join` that seats the player.
+    #[serde(rename = "join")]
+    pub join_data: Value,
     /// `waiting`, `matched`, `cancelled`, `expired`, `dropped` or `failed`.
     pub status: String,
     pub match_id: Option<Uuid>,
@@ -83,6 +86,8 @@ pub struct NewTicket<'a> {
     pub config: &'a Value,
     /// A JSON object of at most [`MAX_QUERY_BYTES`].
     pub query: &'a Value,
+    /// The data of the player's `join` (a JSON object of at most [`MAX_QUERY_BYTES`]).
+    pub join: &'a Value,
     pub players: usize,
     pub ttl: Duration,
     /// Tickets one client may open per minute (0: no limit).
@@ -111,7 +116,8 @@ pub enum OpenError {
     Db(#[from] sqlx::Error),
 }
 
-const TICKET_COLUMNS: &str = "id, game, config, query, status, match_id, created_at, expires_at";
+const TICKET_COLUMNS: &str =
+    "id, game, config, query, join_data, status, match_id, created_at, expires_at";
 
 /// Opens a ticket for `t.client`, or returns the one it already has for this game. The
 /// client's openings are serialised by an advisory lock, so the one-open-ticket rule and
@@ -185,9 +191,9 @@ pub async fn ticket_open(
     }
     let ticket: Ticket = sqlx::query_as(&format!(
         "INSERT INTO postgame.mm_tickets
-             (id, game, config, query, pool, players, client_id, expires_at)
+             (id, game, config, query, pool, players, client_id, expires_at, join_data)
          VALUES ($1, $2, $3, $4, md5(jsonb_build_array($2::text, $3::jsonb, $4::jsonb)::text),
-                 $5, $6, now() + $7 * interval '1 second')
+                 $5, $6, now() + $7 * interval '1 second', $8)
          RETURNING {TICKET_COLUMNS}"
     ))
     .bind(Uuid::new_v4())
@@ -197,6 +203,7 @@ pub async fn ticket_open(
     .bind(t.players as i32)
     .bind(t.client.as_str())
     .bind(t.ttl.as_secs_f64())
+    .bind(t.join)
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -250,6 +257,7 @@ struct Waiting {
     client_id: String,
     game: String,
     config: Value,
+    join_data: Value,
 }
 
 /// One match to make: its id, its game and config, and its tickets in age order.
@@ -261,12 +269,12 @@ struct Pairing {
 }
 
 /// The `join` a matched player's seat is taken with (`msg_id` 0: no control message).
-fn join_of(client: ClientId) -> Input {
+fn join_of(client: ClientId, data: Value) -> Input {
     Input::Client {
         msg_id: 0,
         client,
         name: "join".into(),
-        data: json!({}),
+        data,
     }
 }
 
@@ -278,7 +286,7 @@ fn make_match(p: &Pairing, now: DateTime<Utc>) -> Result<(Created, Applied), Str
         .iter()
         .map(|t| {
             ClientId::parse(&t.client_id)
-                .map(join_of)
+                .map(|c| join_of(c, t.join_data.clone()))
                 .ok_or_else(|| format!("ticket {} has an invalid client id", t.id))
         })
         .collect::<Result<_, _>>()?;
@@ -339,7 +347,7 @@ pub async fn pair_once(
     for (pool_key, _) in &pools {
         let waiting: Vec<Waiting> = sqlx::query_as(
             r#"
-            SELECT id, client_id, game, config FROM postgame.mm_tickets
+            SELECT id, client_id, game, config, join_data FROM postgame.mm_tickets
             WHERE pool = $1 AND status = 'waiting' AND expires_at > now()
             ORDER BY created_at, id
             LIMIT $2

@@ -242,6 +242,7 @@ $('quick-match').addEventListener('click', async () => {
     const t = await client.request('POST', '/v1/matchmaker', {
       game: GAME,
       config: { turn_seconds: seconds, reconnect_seconds: Math.max(30, seconds) },
+      join: joinData(), // our display name, shown in the seat the matchmaker gives us
     });
     if (quickTicket !== 'asking') return; // matched (or ended) before the reply came
     if (t.status === 'matched') return onMatched({ match_id: t.match_id, ticket: t.ticket });
@@ -258,6 +259,7 @@ function onMatched({ match_id: id }) {
   if (!quickTicket) return; // an old ticket's news
   quickTicket = null;
   renderQuick();
+  $('notice').hidden = true; // "Looking for an opponent…" is over
   // Our seat is already taken: open the match, no join needed.
   location.hash = `#/match/${id}`;
 }

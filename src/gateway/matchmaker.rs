@@ -29,6 +29,9 @@ pub struct TicketBody {
     config: Value,
     #[serde(default)]
     query: Value,
+    /// The data of the `join` that seats the player (e.g. a display name).
+    #[serde(default)]
+    join: Value,
 }
 
 /// `POST /v1/matchmaker` `{"game", "config"?, "query"?}`: 201 with a new ticket, or 200
@@ -59,11 +62,12 @@ pub async fn ticket_create_handler(
             )))
         }
     }
-    if super::has_nul(&body.config) || super::has_nul(&body.query) {
+    if super::has_nul(&body.config) || super::has_nul(&body.query) || super::has_nul(&body.join) {
         return Err(ApiError::bad_request(
-            "`config` and `query` may not contain the NUL character (\\u0000)",
+            "`config`, `query` and `join` may not contain the NUL character (\\u0000)",
         ));
     }
+    let join = small_object("join", body.join, "a JSON object: the data of your `join`")?;
     let query = match body.query {
         Value::Null => Value::Object(Default::default()),
         q @ Value::Object(_) if q.to_string().len() <= MAX_QUERY_BYTES => q,
@@ -94,6 +98,7 @@ pub async fn ticket_create_handler(
             game: game.name(),
             config: &config,
             query: &query,
+            join: &join,
             players: game.players_per_match(),
             ttl: app.config.matchmaker_ticket_ttl,
             per_minute: app.config.matches_per_client_per_minute,
@@ -124,6 +129,18 @@ pub async fn ticket_create_handler(
         }
         Opened::Existing(t) => (StatusCode::OK, Json(t)).into_response(),
     })
+}
+
+/// An optional JSON object of at most [`MAX_QUERY_BYTES`] (absent: `{}`).
+fn small_object(field: &str, v: Value, what: &str) -> Result<Value, ApiError> {
+    match v {
+        Value::Null => Ok(Value::Object(Default::default())),
+        v @ Value::Object(_) if v.to_string().len() <= MAX_QUERY_BYTES => Ok(v),
+        Value::Object(_) => Err(ApiError::bad_request(format!(
+            "`{field}` has at most {MAX_QUERY_BYTES} bytes"
+        ))),
+        _ => Err(ApiError::bad_request(format!("`{field}` is {what}"))),
+    }
 }
 
 fn ticket_id(raw: &str) -> Result<Uuid, ApiError> {

@@ -235,8 +235,14 @@ async fn a_cancelled_ticket_is_never_matched_and_one_ticket_per_game_is_open() {
     let bob_ticket = b["ticket"].as_str().unwrap();
     assert_eq!(ticket(&app, "bob", bob_ticket).await["status"], "waiting");
     // Cid arrives: Bob and Cid play.
-    let (status, c) = open(&app, "cid", json!({ "game": "tictactoe" })).await;
+    let (status, c) = open(
+        &app,
+        "cid",
+        json!({ "game": "tictactoe", "join": { "name": "Cid" } }),
+    )
+    .await;
     assert_eq!(status, 201, "{c}");
+    assert_eq!(c["join"], json!({ "name": "Cid" }));
     let mb = bob.named("user:bob", "matched").await;
     let mc = cid.named("user:cid", "matched").await;
     assert_eq!(mb["data"]["match_id"], mc["data"]["match_id"]);
@@ -244,6 +250,19 @@ async fn a_cancelled_ticket_is_never_matched_and_one_ticket_per_game_is_open() {
     let t = ticket(&app, "bob", bob_ticket).await;
     assert_eq!(t["status"], "matched");
     assert_eq!(t["match_id"], mb["data"]["match_id"]);
+    // Seated by age, each with the data of its ticket's `join`.
+    let (_, m) = app
+        .get(
+            &format!("/v1/matches/{}", t["match_id"].as_str().unwrap()),
+            &app.token("bob"),
+        )
+        .await;
+    assert_eq!(
+        m["state"]["players"],
+        json!({ "X": "bob", "O": "cid" }),
+        "{m}"
+    );
+    assert_eq!(m["state"]["names"], json!({ "X": null, "O": "Cid" }), "{m}");
     // A cancel that comes too late says what became of the ticket.
     let (status, late) = cancel(&app, "bob", bob_ticket).await;
     assert_eq!(status, 200);
@@ -408,6 +427,12 @@ async fn bad_matchmaker_requests_get_the_contracts_errors() {
             400,
             "bad_request",
             "query",
+        ),
+        (
+            json!({ "game": "tictactoe", "join": "Ann" }),
+            400,
+            "bad_request",
+            "join",
         ),
         (
             json!({ "game": "tictactoe", "extra": 1 }),

@@ -28,7 +28,7 @@ impl Findings {
         self.violations.push(what);
     }
 
-    fn count(&mut self, what: &'static str, n: u64) {
+    pub(crate) fn count(&mut self, what: &'static str, n: u64) {
         *self.checked.entry(what).or_default() += n;
     }
 }
@@ -440,14 +440,8 @@ async fn stuck_timers(pool: &PgPool, bounds: &Bounds, f: &mut Findings) -> anyho
     Ok(())
 }
 
-/// Presence at the end: exactly the live connections are recorded, and each Tic Tac Toe
-/// player shows as connected exactly when one of its connections is live.
-pub async fn presence(
-    pool: &PgPool,
-    live: &[(String, String, String)],
-    players: &BTreeMap<String, String>,
-    f: &mut Findings,
-) -> anyhow::Result<()> {
+/// `postgame.presence` as (connection, match, client) triples.
+pub async fn presence_rows(pool: &PgPool) -> anyhow::Result<BTreeSet<(String, String, String)>> {
     let rows = sqlx::query(
         "SELECT connection, match_id::text AS match_id, client_id FROM postgame.presence",
     )
@@ -460,6 +454,18 @@ pub async fn presence(
         let who: String = r.try_get("client_id")?;
         recorded.insert((c, m, who));
     }
+    Ok(recorded)
+}
+
+/// Presence at the end: exactly the live connections are recorded, and each Tic Tac Toe
+/// player shows as connected exactly when one of its connections is live.
+pub async fn presence(
+    pool: &PgPool,
+    live: &[(String, String, String)],
+    players: &BTreeMap<String, String>,
+    f: &mut Findings,
+) -> anyhow::Result<()> {
+    let recorded = presence_rows(pool).await?;
     let expected: BTreeSet<(String, String, String)> = live.iter().cloned().collect();
     f.count("presence rows checked", recorded.len() as u64);
     for (c, m, who) in recorded.difference(&expected) {

@@ -28,6 +28,9 @@ use crate::game::Registry;
 /// A connection that brings no frame (not even the server's ping, every second here) for
 /// this long is given up and replaced, as a frozen gateway's would be.
 const SILENCE: Duration = Duration::from_millis(2500);
+/// Reconnection backoff: the first pause, doubled after each failed attempt up to the last.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Publishes a client keeps unacknowledged at once.
 const WINDOW: usize = 4;
 /// How often a client considers its next action.
@@ -37,7 +40,7 @@ const STALL_PROBABILITY: f64 = 0.15;
 /// Pong matches played by the chaos clients: long enough to last, one player and the bot.
 pub const PONG_CONFIG: &str = r#"{"points_to_win": 21, "bot": true}"#;
 
-type Ws =
+pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +122,8 @@ pub struct Record {
     /// resume that was not recovered).
     pub violations: Vec<String>,
     pub connections: u32,
+    /// Why connections were given up (or never made), by reason: churn shows here.
+    pub dropped: BTreeMap<String, u32>,
     /// The live connection at the end: its `connection_id` and match.
     pub live: Option<(String, String)>,
 }
@@ -156,10 +161,14 @@ struct Conn {
     subscribe_id: u64,
     /// A `latest` frame arrived on this connection already.
     latest_seen: bool,
+    /// Its subscription was answered: the gateway and Postgres worked.
+    subscribed: bool,
 }
 
-/// Runs one client until `stop` (or `leave`); returns its record.
-pub async fn run(client: Client, shared: Arc<Shared>) -> Record {
+/// Runs one client until `stop` (or `leave`); returns its record and, when stopped, its
+/// live connection, still open: the caller keeps it open (see [`hold`]) while presence is
+/// checked, since closing it would rightly make the gateway disconnect it.
+pub async fn run(client: Client, shared: Arc<Shared>) -> (Record, Option<Ws>) {
     let mut rec = Record {
         name: client.name.clone(),
         kind: client.kind,
@@ -167,6 +176,7 @@ pub async fn run(client: Client, shared: Arc<Shared>) -> Record {
         channels: BTreeMap::new(),
         violations: Vec::new(),
         connections: 0,
+        dropped: BTreeMap::new(),
         live: None,
     };
     let mut rng = StdRng::seed_from_u64(client.seed);
@@ -189,10 +199,10 @@ pub async fn run(client: Client, shared: Arc<Shared>) -> Record {
             &mut counter,
         );
     }
-    let mut backoff = Duration::from_millis(100);
-    'outer: loop {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
         if client.stop.is_cancelled() || client.leave.is_cancelled() {
-            break;
+            return (rec, None);
         }
         let channel = format!("match:{match_id}");
         let conn = connect(
@@ -208,50 +218,57 @@ pub async fn run(client: Client, shared: Arc<Shared>) -> Record {
         let mut conn = match conn {
             Ok(c) => c,
             Err(_) => {
+                *rec.dropped.entry("connect failed".to_owned()).or_default() += 1;
                 if !matches!(client.kind, Kind::Probe(_)) {
                     gateway = (gateway + 1) % shared.gateways.len();
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = client.stop.cancelled() => break,
-                    _ = client.leave.cancelled() => break,
+                if !pause(&client, &mut backoff).await {
+                    return (rec, None);
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
         };
-        backoff = Duration::from_millis(100);
         rec.connections += 1;
         // Resend every unacknowledged publish, in order, with its key.
         let pending: Vec<usize> = (0..rec.publishes.len())
             .filter(|&i| rec.publishes[i].ack.is_none() && rec.publishes[i].refused.is_none())
             .collect();
-        let mut ok = true;
+        let mut why = None;
         for i in pending {
             if send_publish(&mut conn, &mut rec, i, &mut next_req, &shared)
                 .await
                 .is_err()
             {
-                ok = false;
+                why = Some("send failed".to_owned());
                 break;
             }
         }
         let mut actions = tokio::time::interval(ACTION_EVERY);
-        while ok {
+        // The last time anything came from the gateway: SILENCE after it, the connection
+        // is given up (one deadline for the connection, not a timeout per wait, which
+        // every action would restart).
+        let mut heard = Instant::now();
+        while why.is_none() {
             let frame = tokio::select! {
-                f = tokio::time::timeout(SILENCE, conn.ws.next()) => f,
+                f = conn.ws.next() => f,
+                _ = tokio::time::sleep_until(heard + SILENCE) => {
+                    why = Some("silent gateway".to_owned());
+                    break;
+                }
                 _ = actions.tick() => {
                     if shared.quiesce.is_cancelled() {
                         continue;
                     }
                     if client.kind == Kind::Pong && view.over {
-                        // A new match against the bot; its channel is subscribed from 0.
+                        // A new match against the bot, on a new connection that subscribes
+                        // to its channel from 0 (kept on this one until it can be created).
                         if let Some(id) = new_pong_match(&shared).await {
                             match_id = id;
                             view = View::default();
                             publish(&mut rec, &shared, &match_id, "join", json!({}), &mut counter);
+                            why = Some("new pong match".to_owned());
                         }
-                        break;
+                        continue;
                     }
                     let unacked = rec.publishes.iter().filter(|p| p.ack.is_none() && p.refused.is_none()).count();
                     if unacked >= WINDOW {
@@ -261,123 +278,199 @@ pub async fn run(client: Client, shared: Arc<Shared>) -> Record {
                     act(&client, &mut rng, &mut view, &mut rec, &shared, &match_id, &mut counter);
                     for i in before..rec.publishes.len() {
                         if send_publish(&mut conn, &mut rec, i, &mut next_req, &shared).await.is_err() {
-                            ok = false;
+                            why = Some("send failed".to_owned());
+                            break;
                         }
                     }
                     continue;
                 }
                 _ = client.stop.cancelled() => {
                     rec.live = Some((conn.connection_id.clone(), match_id.clone()));
-                    break 'outer;
+                    return (rec, Some(conn.ws));
                 }
                 _ = client.leave.cancelled() => {
                     let _ = conn.ws.close(None).await;
-                    break 'outer;
+                    return (rec, None);
                 }
             };
+            heard = Instant::now();
             let text = match frame {
-                Ok(Some(Ok(Message::Text(t)))) => t,
-                Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) | Err(_) => break,
-                Ok(Some(Ok(_))) => continue,
+                Some(Ok(Message::Text(t))) => t,
+                Some(Ok(Message::Close(c))) => {
+                    why = Some(format!(
+                        "closed by the gateway ({})",
+                        c.map_or(1005, |c| u16::from(c.code))
+                    ));
+                    break;
+                }
+                Some(Err(_)) | None => {
+                    why = Some("connection lost".to_owned());
+                    break;
+                }
+                Some(Ok(_)) => continue,
             };
             let Ok(v) = serde_json::from_str::<Value>(text.as_str()) else {
                 rec.violations
                     .push(format!("{}: a frame that is not JSON", client.name));
                 continue;
             };
-            let now = shared.now();
-            match v["op"].as_str().unwrap_or("") {
-                "message" => {
-                    let ch = v["channel"].as_str().unwrap_or("").to_owned();
-                    let seq = v["seq"].as_i64().unwrap_or(-1);
-                    let name = v["name"].as_str().unwrap_or("").to_owned();
-                    let last = last_seq.entry(ch.clone()).or_insert(0);
-                    *last = (*last).max(seq);
-                    if ch == format!("match:{match_id}") && name == "state" {
-                        view.state = v["data"].clone();
-                        let status = view.state["status"].as_str().unwrap_or("");
-                        if client.kind == Kind::Pong
-                            && (status == "finished" || status == "abandoned")
-                        {
-                            view.over = true;
-                        }
-                    }
-                    rec.channels.entry(ch).or_default().messages.push((
-                        seq,
-                        name,
-                        v["data"].clone(),
-                        now,
-                    ));
-                }
-                "latest" => {
-                    let ch = v["channel"].as_str().unwrap_or("").to_owned();
-                    let first = !conn.latest_seen;
-                    conn.latest_seen = true;
-                    rec.channels.entry(ch).or_default().latest.push(LatestRec {
-                        version: v["version"].as_i64().unwrap_or(-1),
-                        tick: v["data"]["tick"].as_i64().unwrap_or(-1),
-                        at: v["data"]["at"].as_str().unwrap_or("").to_owned(),
-                        status: v["data"]["status"].as_str().unwrap_or("").to_owned(),
-                        recv: now,
-                        first,
-                    });
-                }
-                "ack" => {
-                    let id = v["id"].as_u64().unwrap_or(u64::MAX);
-                    if let Some(i) = conn.in_flight.remove(&id) {
-                        let p = &mut rec.publishes[i];
-                        if p.ack.is_none() {
-                            p.ack = Some(Ack {
-                                msg_id: v["msg_id"].clone(),
-                                duplicate: v["duplicate"].as_bool().unwrap_or(false),
-                                at: now,
-                                gateway: conn.gateway,
-                            });
-                            shared.unacked.fetch_sub(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-                "subscribed" if v["recovered"] == json!(false) => {
-                    rec.violations.push(format!(
-                        "{}: resubscribing to {} was not recovered",
-                        client.name, v["channel"]
-                    ));
-                }
-                "error" => {
-                    let code = v["code"].as_str().unwrap_or("").to_owned();
-                    let id = v["id"].as_u64();
-                    if id == Some(conn.subscribe_id) {
-                        // The subscription failed (Postgres down): start over.
-                        break;
-                    }
-                    if let Some(i) = id.and_then(|id| conn.in_flight.remove(&id)) {
-                        if code == "internal" {
-                            // Not committed: resent in order with what follows it, on a
-                            // fresh connection (the later in-flight ones are refused too).
-                            break;
-                        }
-                        let p = &mut rec.publishes[i];
-                        p.refused = Some(format!("{code}: {}", v["message"]));
-                        shared.unacked.fetch_sub(1, Ordering::Relaxed);
-                        rec.violations.push(format!(
-                            "{}: publish {} refused with {code}: {}",
-                            client.name, p.key, v["message"]
-                        ));
-                    } else if code != "internal" {
-                        rec.violations
-                            .push(format!("{}: error frame {v}", client.name));
-                    }
-                }
-                _ => {}
-            }
+            why = receive(
+                &client,
+                &shared,
+                &mut rec,
+                &mut conn,
+                &mut view,
+                &mut last_seq,
+                &match_id,
+                &v,
+            );
         }
+        *rec.dropped
+            .entry(why.unwrap_or_else(|| "?".to_owned()))
+            .or_default() += 1;
         // Give up this connection; a probe stays on its gateway, the others switch.
         let _ = tokio::time::timeout(Duration::from_millis(200), conn.ws.close(None)).await;
         if !matches!(client.kind, Kind::Probe(_)) {
             gateway = (gateway + 1) % shared.gateways.len();
         }
+        // Reconnect at once after a connection that worked; with backoff after one that
+        // never got its subscription answered (Postgres down), as clients are told to:
+        // without it every client reconnected in a tight loop through each outage.
+        if conn.subscribed {
+            backoff = FIRST_BACKOFF;
+        } else if !pause(&client, &mut backoff).await {
+            return (rec, None);
+        }
     }
-    rec
+}
+
+/// Sleeps `backoff` and doubles it (up to [`MAX_BACKOFF`]); false when the client was
+/// stopped or left meanwhile.
+async fn pause(client: &Client, backoff: &mut Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(*backoff) => {}
+        _ = client.stop.cancelled() => return false,
+        _ = client.leave.cancelled() => return false,
+    }
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    true
+}
+
+/// Reads a stopped client's connection (answering the gateway's pings) until `close`;
+/// false when the gateway closed it first: it did not stay live until the end.
+pub async fn hold(mut ws: Ws, close: CancellationToken) -> bool {
+    loop {
+        tokio::select! {
+            f = ws.next() => match f {
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return false,
+                Some(Ok(_)) => {}
+            },
+            _ = close.cancelled() => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+                return true;
+            }
+        }
+    }
+}
+
+/// Records one frame from the gateway; `Some(reason)` when the connection must be given up.
+#[allow(clippy::too_many_arguments)]
+fn receive(
+    client: &Client,
+    shared: &Shared,
+    rec: &mut Record,
+    conn: &mut Conn,
+    view: &mut View,
+    last_seq: &mut BTreeMap<String, i64>,
+    match_id: &str,
+    v: &Value,
+) -> Option<String> {
+    let now = shared.now();
+    match v["op"].as_str().unwrap_or("") {
+        "message" => {
+            let ch = v["channel"].as_str().unwrap_or("").to_owned();
+            let seq = v["seq"].as_i64().unwrap_or(-1);
+            let name = v["name"].as_str().unwrap_or("").to_owned();
+            let last = last_seq.entry(ch.clone()).or_insert(0);
+            *last = (*last).max(seq);
+            if ch == format!("match:{match_id}") && name == "state" {
+                view.state = v["data"].clone();
+                let status = view.state["status"].as_str().unwrap_or("");
+                if client.kind == Kind::Pong && (status == "finished" || status == "abandoned") {
+                    view.over = true;
+                }
+            }
+            rec.channels
+                .entry(ch)
+                .or_default()
+                .messages
+                .push((seq, name, v["data"].clone(), now));
+        }
+        "latest" => {
+            let ch = v["channel"].as_str().unwrap_or("").to_owned();
+            let first = !conn.latest_seen;
+            conn.latest_seen = true;
+            rec.channels.entry(ch).or_default().latest.push(LatestRec {
+                version: v["version"].as_i64().unwrap_or(-1),
+                tick: v["data"]["tick"].as_i64().unwrap_or(-1),
+                at: v["data"]["at"].as_str().unwrap_or("").to_owned(),
+                status: v["data"]["status"].as_str().unwrap_or("").to_owned(),
+                recv: now,
+                first,
+            });
+        }
+        "ack" => {
+            let id = v["id"].as_u64().unwrap_or(u64::MAX);
+            if let Some(i) = conn.in_flight.remove(&id) {
+                let p = &mut rec.publishes[i];
+                if p.ack.is_none() {
+                    p.ack = Some(Ack {
+                        msg_id: v["msg_id"].clone(),
+                        duplicate: v["duplicate"].as_bool().unwrap_or(false),
+                        at: now,
+                        gateway: conn.gateway,
+                    });
+                    shared.unacked.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        }
+        "subscribed" => {
+            conn.subscribed = true;
+            if v["recovered"] == json!(false) {
+                rec.violations.push(format!(
+                    "{}: resubscribing to {} was not recovered",
+                    client.name, v["channel"]
+                ));
+            }
+        }
+        "error" => {
+            let code = v["code"].as_str().unwrap_or("").to_owned();
+            let id = v["id"].as_u64();
+            if id == Some(conn.subscribe_id) {
+                // The subscription failed (Postgres down): start over.
+                return Some(format!("subscribe refused ({code})"));
+            }
+            if let Some(i) = id.and_then(|id| conn.in_flight.remove(&id)) {
+                if code == "internal" {
+                    // Not committed: resent in order with what follows it, on a fresh
+                    // connection (the later in-flight ones are refused too).
+                    return Some("publish failed (internal)".to_owned());
+                }
+                let p = &mut rec.publishes[i];
+                p.refused = Some(format!("{code}: {}", v["message"]));
+                shared.unacked.fetch_sub(1, Ordering::Relaxed);
+                rec.violations.push(format!(
+                    "{}: publish {} refused with {code}: {}",
+                    client.name, p.key, v["message"]
+                ));
+            } else if code != "internal" {
+                rec.violations
+                    .push(format!("{}: error frame {v}", client.name));
+            }
+        }
+        _ => {}
+    }
+    None
 }
 
 /// Connects to `gateway`, waits for `connected`, subscribes to `channel` (from its last
@@ -429,6 +522,7 @@ async fn connect(
         in_flight: BTreeMap::new(),
         subscribe_id: *next_req,
         latest_seen: false,
+        subscribed: false,
     })
 }
 
@@ -486,17 +580,7 @@ fn act(
     counter: &mut u64,
 ) {
     match client.kind {
-        Kind::Probe(_) => {
-            let text = format!("{}#{}", client.name, *counter + 1);
-            publish(
-                rec,
-                shared,
-                match_id,
-                "chat",
-                json!({ "text": text }),
-                counter,
-            );
-        }
+        Kind::Probe(_) => chat(client, rec, shared, match_id, counter),
         Kind::Pong => {
             if rng.gen_bool(0.4) {
                 let dir: i64 = rng.gen_range(-1..=1);
@@ -557,18 +641,24 @@ fn act(
                 publish(rec, shared, match_id, "rematch", json!({}), counter);
             }
             if rng.gen_bool(0.3) {
-                let text = format!("{}#{}", client.name, *counter + 1);
-                publish(
-                    rec,
-                    shared,
-                    match_id,
-                    "chat",
-                    json!({ "text": text }),
-                    counter,
-                );
+                chat(client, rec, shared, match_id, counter);
             }
         }
     }
+}
+
+/// Records a chat line whose text is unique in the run (the client's name and the
+/// publish's number), so the checker can find it in the log.
+fn chat(client: &Client, rec: &mut Record, shared: &Shared, match_id: &str, counter: &mut u64) {
+    let text = format!("{}#{}", client.name, *counter + 1);
+    publish(
+        rec,
+        shared,
+        match_id,
+        "chat",
+        json!({ "text": text }),
+        counter,
+    );
 }
 
 /// Creates a Pong match against the bot (None while Postgres is unreachable).

@@ -255,14 +255,15 @@ async fn run_on(
         println!("exited on their own after the faults: {restarted:?}");
     }
 
-    // Presence: every other client leaves; after the presence timeout, exactly the live
-    // connections are recorded.
+    // Presence: every other client leaves; the others stay connected, their connections
+    // held open (answering pings) until the checks are done: the presence rows and the
+    // players' connected flags must then show exactly those connections.
     let mut records: Vec<Record> = Vec::new();
     let mut remaining = Vec::new();
     for (i, (leave, task)) in handles.into_iter().enumerate() {
         if i % 2 == 1 {
             leave.cancel();
-            records.push(task.await.context("a client task panicked")?);
+            records.push(task.await.context("a client task panicked")?.0);
         } else {
             remaining.push(task);
         }
@@ -270,13 +271,27 @@ async fn run_on(
     tokio::time::sleep(Duration::from_secs_f64(args.presence_timeout_seconds + 2.0)).await;
     wait_drained(&pool, Instant::now() + QUIESCE_LIMIT).await;
     stop.cancel();
+    let close = CancellationToken::new();
+    let mut holds = Vec::new();
     for task in remaining {
-        records.push(task.await.context("a client task panicked")?);
+        let (rec, ws) = task.await.context("a client task panicked")?;
+        if let Some(ws) = ws {
+            holds.push((
+                rec.name.clone(),
+                tokio::spawn(driver::hold(ws, close.clone())),
+            ));
+        }
+        records.push(rec);
     }
     let live: Vec<(String, String, String)> = records
         .iter()
         .filter_map(|r| r.live.clone().map(|(c, m)| (c, m, r.name.clone())))
         .collect();
+    // The last connections' `$connected` may still be on their way (a session records
+    // presence after its `subscribed`): wait for the queue to drain and the rows to match,
+    // at most the presence timeout and a few heartbeats.
+    let settle = Instant::now();
+    let settled = settle_presence(&pool, &live, args.presence_timeout_seconds + 5.0).await;
     let players: BTreeMap<String, String> = records
         .iter()
         .filter(|r| r.kind == Kind::TicTacToe)
@@ -288,6 +303,21 @@ async fn run_on(
     };
     let mut findings = check::run(&pool, &records, &faults, &bounds).await?;
     check::presence(&pool, &live, &players, &mut findings).await?;
+    findings.count(
+        "presence: ms to settle after the clients stopped",
+        settle.elapsed().as_millis() as u64,
+    );
+    if !settled {
+        stuck.push("presence did not settle after the clients stopped".to_owned());
+    }
+    close.cancel();
+    for (name, hold) in holds {
+        if !hold.await.context("a holding task panicked")? {
+            stuck.push(format!(
+                "{name}: its live connection was closed by the gateway while presence was checked"
+            ));
+        }
+    }
     for s in stuck {
         findings.violations.insert(0, s);
     }
@@ -382,6 +412,34 @@ async fn wait_drained(pool: &sqlx::PgPool, deadline: Instant) {
             .await;
         if matches!(left, Ok(0)) {
             return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until the control queue is empty and `postgame.presence` holds exactly the `live`
+/// connections (for at most `limit` seconds); false when it never did.
+async fn settle_presence(
+    pool: &sqlx::PgPool,
+    live: &[(String, String, String)],
+    limit: f64,
+) -> bool {
+    let expected: std::collections::BTreeSet<(String, String, String)> =
+        live.iter().cloned().collect();
+    let deadline = Instant::now() + Duration::from_secs_f64(limit);
+    loop {
+        wait_drained(pool, deadline).await;
+        if let Ok(rows) = check::presence_rows(pool).await {
+            if rows == expected {
+                // A row is written just before its `$connected` is enqueued: give that
+                // publish time to commit, then let the workers apply it.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                wait_drained(pool, deadline + Duration::from_secs(30)).await;
+                return true;
+            }
+        }
+        if Instant::now() >= deadline {
+            return false;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -520,6 +578,13 @@ fn summary(
         "clients {}, connections {connections}, publishes resent {resent} (acked as duplicates {dup}), processes that exited on their own {exits}",
         records.len()
     );
+    let mut dropped: BTreeMap<&str, u32> = BTreeMap::new();
+    for r in records {
+        for (why, n) in &r.dropped {
+            *dropped.entry(why.as_str()).or_default() += n;
+        }
+    }
+    println!("connections given up, by reason: {dropped:?}");
     for (what, n) in &findings.checked {
         println!("  {what}: {n}");
     }

@@ -422,6 +422,8 @@ pub async fn start_with_pages(
     let tasks = TaskTracker::new();
     let sessions = TaskTracker::new();
     let notifier = Arc::new(Notifier::new());
+    // Closes this gateway's sessions when its registration is found expired (presence).
+    let expired = Arc::new(tokio::sync::watch::Sender::new(0u64));
     tasks.spawn(Arc::clone(&notifier).run(pool.clone(), publisher_stop.clone()));
     let mut routes = listen::Routes::default();
     let mut addr = None;
@@ -534,9 +536,15 @@ pub async fn start_with_pages(
             next_conn: AtomicU64::new(1),
             stop: stop.clone(),
             sessions: sessions.clone(),
+            expired: Arc::clone(&expired),
             metrics: metrics_handle(),
         });
         addr = Some(listener.local_addr()?);
+        // Registered before the first connection is accepted: a presence row of a gateway
+        // not registered yet would be swept at once.
+        presence::gateway_heartbeat(&pool, &instance)
+            .await
+            .context("cannot register this gateway")?;
         let router = gateway::router(app, &pages);
         let limits = gateway::serve::Limits {
             header_timeout: config.http_header_timeout(),
@@ -577,7 +585,10 @@ pub async fn start_with_pages(
     // Every process sweeps the connections of stopped gateways; a gateway also heartbeats.
     tasks.spawn(presence::run(
         pool.clone(),
-        config.runs(Role::Gateway).then(|| instance.clone()),
+        config.runs(Role::Gateway).then(|| presence::Liveness {
+            id: instance.clone(),
+            expired,
+        }),
         config.presence_timeout(),
         stop.clone(),
     ));

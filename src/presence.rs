@@ -19,9 +19,13 @@
 //!   players of a killed gateway are disconnected within the timeout + one heartbeat
 //!   (11 s by default), and the games' reconnect grace runs from there.
 //!
-//! A gateway that was only slow (its heartbeat late past the timeout) finds its row gone,
-//! registers again and carries on; its connections were disconnected in their matches,
-//! and a session's later leave enqueues a second `$disconnected`, which games ignore.
+//! A gateway registers before it serves, so no connection is recorded under a gateway the
+//! sweep does not know. Time Postgres was down does not count towards the timeout (a
+//! gateway cannot heartbeat then). A gateway that was only slow (its heartbeat late past
+//! the timeout: frozen, cut off) finds its row gone, registers again and closes every
+//! session it has (1011, see [`Liveness`]): their connections were disconnected in their
+//! matches, and the clients' reconnections record them again. Each session's own leave
+//! enqueues a second `$disconnected`, which games ignore.
 
 use std::time::Duration;
 
@@ -69,9 +73,11 @@ pub async fn gateway_deregister(db: impl PgExecutor<'_>, gateway: &str) -> sqlx:
 }
 
 /// Disconnects the connections of gateways silent for `timeout` (and of gateways that are
-/// gone): in one transaction, deletes their presence rows and enqueues a `$disconnected`
-/// for each, under the matches' enqueue locks (taken in match order, as publishers do), and
-/// deletes the dead gateways' rows. Returns how many connections it disconnected.
+/// gone; silence counts from the database's start at the earliest, so a Postgres restart
+/// does not make every gateway look dead): in one transaction, deletes their presence rows
+/// and enqueues a `$disconnected` for each, under the matches' enqueue locks (taken in
+/// match order, as publishers do), and deletes the dead gateways' rows. Returns how many
+/// connections it disconnected.
 pub async fn presence_sweep(pool: &PgPool, timeout: Duration) -> sqlx::Result<u64> {
     let mut tx = pool.begin().await?;
     let gone = sqlx::query!(
@@ -80,7 +86,10 @@ pub async fn presence_sweep(pool: &PgPool, timeout: Duration) -> sqlx::Result<u6
             DELETE FROM postgame.gateways
             WHERE id IN (
                 SELECT id FROM postgame.gateways
-                WHERE heartbeat_at < now() - make_interval(secs => $1)
+                -- Time the database was down does not count against a gateway: it could
+                -- not heartbeat then, and its connections may well have stayed open.
+                WHERE greatest(heartbeat_at, pg_postmaster_start_time())
+                      < now() - make_interval(secs => $1)
                 FOR UPDATE SKIP LOCKED)
             RETURNING id)
         DELETE FROM postgame.presence p
@@ -146,35 +155,47 @@ pub async fn presence_sweep(pool: &PgPool, timeout: Duration) -> sqlx::Result<u6
     Ok(n)
 }
 
-/// Until `stop`, every [`HEARTBEAT`]: heartbeats `gateway` (when this process runs one)
-/// and sweeps the connections of gateways silent for `timeout`. At `stop`, deregisters
-/// the gateway.
+/// This process's gateway, as its heartbeat sees it.
+pub struct Liveness {
+    /// Its id in `postgame.gateways` (registered before it serves: see [`gateway_heartbeat`]).
+    pub id: String,
+    /// Bumped when the heartbeat finds the registration gone: another process declared
+    /// this gateway dead and disconnected its connections in their matches, so every
+    /// session still open closes (1011) and its client reconnects and resubscribes, which
+    /// records it again. Without this, a gateway that was only late (frozen, cut off from
+    /// Postgres) kept connections its matches count as gone, and their players forfeited
+    /// while connected.
+    pub expired: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+/// Until `stop`, every [`HEARTBEAT`]: heartbeats `gateway` (when this process runs one,
+/// already registered) and sweeps the connections of gateways silent for `timeout`. At
+/// `stop`, deregisters the gateway.
 pub async fn run(
     pool: PgPool,
-    gateway: Option<String>,
+    gateway: Option<Liveness>,
     timeout: Duration,
     stop: CancellationToken,
 ) {
     let mut every = tokio::time::interval(HEARTBEAT);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut registered = false;
     loop {
         tokio::select! {
             _ = every.tick() => {}
             _ = stop.cancelled() => break,
         }
         if let Some(g) = &gateway {
-            match gateway_heartbeat(&pool, g).await {
-                Ok(fresh) => {
-                    if fresh && registered {
-                        tracing::warn!(
-                            gateway = g,
-                            "this gateway's registration had expired \
-                            (its heartbeat was late); its connections were disconnected"
-                        );
-                    }
-                    registered = true;
+            match gateway_heartbeat(&pool, &g.id).await {
+                Ok(true) => {
+                    tracing::warn!(
+                        gateway = g.id,
+                        "this gateway's registration had expired (its heartbeat was late): \
+                         its connections were disconnected in their matches; closing them"
+                    );
+                    metrics::counter!("postgame_gateway_expired_total").increment(1);
+                    g.expired.send_modify(|n| *n += 1);
                 }
+                Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, "gateway heartbeat failed"),
             }
         }
@@ -183,7 +204,7 @@ pub async fn run(
         }
     }
     if let Some(g) = &gateway {
-        if let Err(e) = gateway_deregister(&pool, g).await {
+        if let Err(e) = gateway_deregister(&pool, &g.id).await {
             tracing::debug!(error = %e, "gateway deregistration failed");
         }
     }

@@ -78,6 +78,9 @@ pub struct AppState {
     /// Cancelled at shutdown: sessions close with 1001.
     pub stop: CancellationToken,
     pub sessions: tokio_util::task::TaskTracker,
+    /// Bumped when this gateway finds it was declared dead: every session closes with 1011
+    /// ([`crate::presence::Liveness`]).
+    pub expired: Arc<tokio::sync::watch::Sender<u64>>,
     pub metrics: Option<PrometheusHandle>,
 }
 

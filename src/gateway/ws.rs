@@ -283,11 +283,17 @@ pub async fn run<S, R, E>(
     };
     let idle = app.config.heartbeat * 2;
     let mut deadline = Instant::now() + idle;
+    let mut expired = app.expired.subscribe();
     loop {
         tokio::select! {
             biased;
             _ = app.stop.cancelled() => {
                 s.closer.close(close::GOING_AWAY, "server shutting down");
+                break;
+            }
+            Ok(()) = expired.changed() => {
+                // Declared dead while late: this connection's matches were told it left.
+                s.closer.close(close::INTERNAL, "gateway registration expired; reconnect");
                 break;
             }
             _ = overflow.notified() => {

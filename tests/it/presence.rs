@@ -1,27 +1,24 @@
 //! Presence that survives the crash of a gateway (#11.2): a gateway process killed with
 //! SIGKILL never sends its players' `$disconnected`; another process's sweep does, within
-//! the presence timeout, and a Tic Tac Toe player who never returns forfeits.
+//! the presence timeout, and a Tic Tac Toe player who never returns forfeits. A gateway
+//! that was only frozen, and declared dead meanwhile, closes its connections when it wakes,
+//! so that its clients come back and are recorded again.
 
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::helpers::{TestApp, TestDb, SECRET, WAIT};
+use crate::helpers::{Client, Closed, TestApp, TestDb, SECRET, WAIT};
 
-#[tokio::test]
-async fn a_killed_gateways_players_are_disconnected_and_one_who_never_returns_forfeits() {
-    let (_db, opts) = TestDb::new().await;
-    let app = TestApp::spawn_with(opts, postgame::game::Registry::builtin(), |c| {
-        c.presence_timeout_seconds = 2.0
-    })
-    .await;
+/// A `--role gateway` process on `app`'s database with a 2 s presence timeout, listening.
+async fn gateway_process(app: &TestApp) -> (tokio::process::Child, std::net::SocketAddr) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut gateway = tokio::process::Command::new(env!("CARGO_BIN_EXE_postgame"))
+    let gateway = tokio::process::Command::new(env!("CARGO_BIN_EXE_postgame"))
         .args(["serve", "--role", "gateway", "--listen", &addr.to_string()])
         .args(["--database-url", &app.db_url])
         .env("POSTGAME_SECRET", SECRET)
@@ -41,20 +38,28 @@ async fn a_killed_gateways_players_are_disconnected_and_one_who_never_returns_fo
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    (gateway, addr)
+}
 
+/// A Tic Tac Toe match in play: Xena on `app`'s own gateway, Otto on the one at `addr`;
+/// returns the match id and both clients once both connections are recorded.
+async fn match_across(
+    app: &TestApp,
+    addr: std::net::SocketAddr,
+    reconnect_seconds: u32,
+) -> (String, Client, Client) {
     let (tx, to) = (app.token("xena"), app.token("otto"));
     let id = app
         .create_match(
             &tx,
             "tictactoe",
-            json!({"reconnect_seconds": 1, "turn_seconds": 3600}),
+            json!({"reconnect_seconds": reconnect_seconds, "turn_seconds": 3600}),
         )
         .await;
     let channel = format!("match:{id}");
     let mut x = app.ws(&tx).await;
     x.subscribe(&channel, None).await;
     x.act(&id, "join", json!({})).await;
-    // Otto plays through the gateway process.
     let mut o = TestApp::ws_at(addr, &to).await;
     o.subscribe(&channel, None).await;
     o.act(&id, "join", json!({})).await;
@@ -63,6 +68,19 @@ async fn a_killed_gateways_players_are_disconnected_and_one_who_never_returns_fo
          FROM postgame.matches WHERE id = '{id}'"
     ))
     .await;
+    (id, x, o)
+}
+
+#[tokio::test]
+async fn a_killed_gateways_players_are_disconnected_and_one_who_never_returns_forfeits() {
+    let (_db, opts) = TestDb::new().await;
+    let app = TestApp::spawn_with(opts, postgame::game::Registry::builtin(), |c| {
+        c.presence_timeout_seconds = 2.0
+    })
+    .await;
+    let (mut gateway, addr) = gateway_process(&app).await;
+    // Otto plays through the gateway process.
+    let (id, x, _o) = match_across(&app, addr, 1).await;
 
     gateway.kill().await.unwrap();
     let killed = Instant::now();
@@ -91,5 +109,57 @@ async fn a_killed_gateways_players_are_disconnected_and_one_who_never_returns_fo
         "the dead gateway was removed, the live one stays"
     );
     drop(x);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_gateway_declared_dead_while_frozen_closes_its_connections_and_they_are_recorded_again() {
+    let (_db, opts) = TestDb::new().await;
+    let app = TestApp::spawn_with(opts, postgame::game::Registry::builtin(), |c| {
+        c.presence_timeout_seconds = 2.0
+    })
+    .await;
+    let (gateway, addr) = gateway_process(&app).await;
+    let (id, x, mut o) = match_across(&app, addr, 3600).await;
+    let pid = gateway.id().expect("the gateway process runs").to_string();
+    let signal = |sig: &'static str| {
+        let pid = pid.clone();
+        async move {
+            let ok = tokio::process::Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .await
+                .unwrap()
+                .success();
+            assert!(ok, "kill {sig} {pid}");
+        }
+    };
+
+    // Frozen past the presence timeout: the other process declares it dead and Otto
+    // disconnected, though his connection is still open.
+    signal("-STOP").await;
+    app.wait_until(&format!(
+        "SELECT view->'connected'->>'O' = 'false' AND (SELECT count(*) = 1 FROM postgame.presence)
+         FROM postgame.matches WHERE id = '{id}'"
+    ))
+    .await;
+    signal("-CONT").await;
+    // Woken, it finds its registration gone and closes the connections its matches count
+    // as gone (its heartbeat interval, 25 s by default, is far from closing it as silent).
+    let closed = o.closed().await;
+    assert!(
+        matches!(closed, Closed::Code(1011)),
+        "closed with {closed:?}"
+    );
+    // Otto comes back as any client does after a 1011: reconnect and resubscribe.
+    let mut o = TestApp::ws_at(addr, &app.token("otto")).await;
+    o.subscribe(&format!("match:{id}"), None).await;
+    app.wait_until(&format!(
+        "SELECT view->'connected'->>'O' = 'true' AND status = 'playing'
+           AND (SELECT count(*) = 2 FROM postgame.presence)
+         FROM postgame.matches WHERE id = '{id}'"
+    ))
+    .await;
+    drop((x, o, gateway));
     app.shutdown().await;
 }

@@ -792,6 +792,38 @@ mod tests {
         Duration::milliseconds(n)
     }
 
+    /// Through the public test kit (the engine's JSON round trip, ticks at their scheduled
+    /// times): an idle match ends after exactly the steps `idle_match_steps` counts, with a
+    /// latest-delivered `state` per tick.
+    #[test]
+    fn an_idle_match_ends_on_the_test_kit_clock_after_its_counted_steps() {
+        use crate::testkit::TestMatch;
+
+        let mut m = TestMatch::new(Pong, json!({"points_to_win": 1})).expect("a valid config");
+        m.publish(&id("alice"), "join", json!({}))
+            .expect("join applies");
+        m.publish(&id("bob"), "join", json!({}))
+            .expect("join applies");
+        assert_eq!(m.status(), "playing");
+        let first = m.next_tick_at().expect("on the clock");
+        let steps = idle_match_steps(1);
+        let period = std::time::Duration::from_micros(PERIOD_US as u64);
+        // Up to just before the last step's tick: still playing.
+        let until_last = first + ms(50) * i32::try_from(steps - 1).expect("a short match");
+        let sent = m.advance((until_last - m.now()).to_std().expect("ahead") - period / 2);
+        assert_eq!(m.status(), "playing");
+        assert_eq!(m.state().tick, steps - 1);
+        assert!(sent
+            .0
+            .iter()
+            .any(|o| o.name == "state" && o.delivery == Delivery::Latest));
+        let sent = m.advance(period);
+        assert_eq!(m.status(), "finished");
+        assert!(m.is_over());
+        assert!(sent.to_match("state").is_some());
+        assert_eq!(m.next_tick_at(), None);
+    }
+
     /// A match driven by inputs and ticks at an injected clock.
     struct Harness {
         config: Config,

@@ -125,10 +125,12 @@
 //!         &self,
 //!         _cx: &Cx<'_, Config>,
 //!         state: &mut State,
-//!         _tick: Tick,
+//!         tick: Tick,
 //!         out: &mut Vec<Outgoing>,
 //!     ) -> Result<(), GameError> {
-//!         if state.winner.is_none() && state.players.len() == 2 {
+//!         // A tick may come late, or again after a failure: check what is due.
+//!         let due = state.deadline.is_some_and(|d| d <= tick.now);
+//!         if due && state.winner.is_none() && state.players.len() == 2 {
 //!             state.winner = Some(state.players[1 - state.turn].clone());
 //!             state.deadline = None;
 //!             publish_state(state, out);

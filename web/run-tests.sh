@@ -8,8 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "--- cargo build"
-SQLX_OFFLINE="${SQLX_OFFLINE:-true}" cargo build --bin postgame
+echo "--- cargo build (postgame, and connect4 for web/e2e/connect4.test.mjs)"
+SQLX_OFFLINE="${SQLX_OFFLINE:-true}" cargo build --workspace --bins
 
 if [ ! -x /usr/bin/chromium ]; then
   echo "--- installing chromium (Debian package)"

@@ -37,10 +37,14 @@ export function freePort() {
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 export class Server {
-  /** @param {{name: string, args?: string[]}} options */
-  constructor({ name, args = [] }) {
+  /**
+   * @param {{name: string, args?: string[], bin?: string}} options `bin`: another binary
+   *   built on postgame (such as `connect4`, in the same target folder), default postgame.
+   */
+  constructor({ name, args = [], bin }) {
     this.name = name;
     this.args = args;
+    this.bin = bin ? path.join(path.dirname(BIN), bin) : BIN;
     // run-tests.sh sets POSTGAME_WEBTEST_RUN to drop whatever a killed run leaves behind.
     const run = process.env.POSTGAME_WEBTEST_RUN || `p${process.pid}`;
     this.db = `postgame_webtest_${run}_${name}_${Math.random().toString(36).slice(2, 8)}`;
@@ -57,13 +61,13 @@ export class Server {
 
   /** Starts the server (on the same port and database as before, after a stop). */
   async start() {
-    if (!existsSync(BIN)) throw new Error(`${BIN} is missing: run \`cargo build\` first`);
+    if (!existsSync(this.bin)) throw new Error(`${this.bin} is missing: run \`cargo build --workspace\` first`);
     if (!this.port) this.port = await freePort();
     this.url = `http://127.0.0.1:${this.port}`;
     this.runs += 1;
     this.log.write(`\n==== start #${this.runs} ====\n`);
     const proc = spawn(
-      BIN,
+      this.bin,
       ['serve', '--listen', `127.0.0.1:${this.port}`, '--database-url', this.databaseUrl, ...this.args],
       { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' } },
     );

@@ -286,6 +286,7 @@ use crate::worker::{Worker, WorkerConfig};
 pub use crate::app::App;
 pub use crate::game::{
     Creation, Cx, Delivery, Game, GameError, Input, Outgoing, Registry, Tick, To, MAX_LABEL_BYTES,
+    MAX_PLAYERS_PER_MATCH,
 };
 pub use crate::gateway::web::Pages;
 pub use crate::ids::{ClientId, MatchId};

@@ -511,6 +511,12 @@ pub async fn start_with_pages(
             auth: Auth::new(&config.secret),
             games: games.clone(),
             publisher,
+            online: presence::Online::start(
+                pool.clone(),
+                instance.clone(),
+                &tasks,
+                publisher_stop.clone(),
+            ),
             hub,
             notifier: Arc::clone(&notifier),
             config: GatewayConfig {

@@ -210,63 +210,153 @@ pub async fn run(
     }
 }
 
-/// Records one live WebSocket connection in `postgame.sessions` until the returned guard
-/// is dropped (the session's end), by a task of its own: the insert (retried for a few
-/// seconds), then, once the guard is gone, the delete (retried for [`RETRY_FOR`]). Rows a
-/// stopped gateway leaves behind are deleted by [`presence_sweep`]. The matchmaker drops
-/// the tickets of clients with no row here.
-pub fn session_record(
+/// Most session changes one [`Online`] statement writes.
+const ONLINE_BATCH: usize = 1000;
+
+/// A connection came (`Some(client)`) or went (`None`).
+type OnlineChange = (String, Option<ClientId>);
+
+/// Who is online on this gateway, kept in `postgame.sessions` by one task per gateway that
+/// writes the changes of many connections in one statement (a burst of connections costs
+/// a few statements, not one pool connection each). The matchmaker drops the tickets of
+/// clients with no row there; rows a stopped gateway leaves behind are deleted by
+/// [`presence_sweep`].
+#[derive(Clone)]
+pub struct Online {
+    // Unbounded, but each open connection has at most its two changes queued (one when it
+    // came, one when it went), so the queue is bounded by the connections of this gateway
+    // (themselves bounded per address and by the file descriptors).
+    tx: mpsc::UnboundedSender<OnlineChange>,
+}
+
+/// Keeps a connection recorded as online until it is dropped ([`Online::record`]).
+pub struct OnlineGuard {
+    tx: mpsc::UnboundedSender<OnlineChange>,
+    connection: String,
+}
+
+impl Drop for OnlineGuard {
+    fn drop(&mut self) {
+        let _ = self.tx.send((std::mem::take(&mut self.connection), None));
+    }
+}
+
+impl Online {
+    /// Starts the writer of gateway `gateway` on `tasks`; it writes what is queued at
+    /// `stop` (briefly) and ends.
+    pub fn start(
+        pool: PgPool,
+        gateway: String,
+        tasks: &tokio_util::task::TaskTracker,
+        stop: CancellationToken,
+    ) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tasks.spawn(online_write_loop(pool, gateway, rx, stop));
+        Self { tx }
+    }
+
+    /// Records `connection` of `client` as online until the guard is dropped.
+    pub fn record(&self, connection: String, client: ClientId) -> OnlineGuard {
+        let _ = self.tx.send((connection.clone(), Some(client)));
+        OnlineGuard {
+            tx: self.tx.clone(),
+            connection,
+        }
+    }
+}
+
+async fn online_write_loop(
     pool: PgPool,
     gateway: String,
-    connection: String,
-    client: ClientId,
-) -> tokio_util::sync::DropGuard {
-    let ended = CancellationToken::new();
-    let guard = ended.clone().drop_guard();
-    tokio::spawn(async move {
-        let mut pause = Duration::from_millis(100);
-        for _ in 0..6 {
-            let r = sqlx::query(
-                "INSERT INTO postgame.sessions (gateway, connection, client_id)
-                 VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-            )
-            .bind(&gateway)
-            .bind(&connection)
-            .bind(client.as_str())
-            .execute(&pool)
-            .await;
-            match r {
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::debug!(error = %e, "recording a session failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                }
+    mut rx: mpsc::UnboundedReceiver<OnlineChange>,
+    stop: CancellationToken,
+) {
+    let mut batch: Vec<OnlineChange> = Vec::new();
+    let mut pause = Duration::from_millis(100);
+    loop {
+        if batch.is_empty() {
+            tokio::select! {
+                c = rx.recv() => match c {
+                    Some(c) => batch.push(c),
+                    None => return,
+                },
+                _ = stop.cancelled() => break,
             }
         }
-        ended.cancelled().await;
-        let started = tokio::time::Instant::now();
-        let mut pause = Duration::from_millis(100);
-        loop {
-            let r =
-                sqlx::query("DELETE FROM postgame.sessions WHERE gateway = $1 AND connection = $2")
-                    .bind(&gateway)
-                    .bind(&connection)
-                    .execute(&pool)
-                    .await;
-            match r {
-                Ok(_) => break,
-                Err(e) if started.elapsed() < RETRY_FOR && !pool.is_closed() => {
-                    tracing::debug!(error = %e, "unrecording a session failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(5));
-                }
-                // The sweep deletes it once this gateway is gone.
+        while batch.len() < ONLINE_BATCH {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
                 Err(_) => break,
             }
         }
-    });
-    guard
+        match online_write(&pool, &gateway, &batch).await {
+            Ok(()) => {
+                batch.clear();
+                pause = Duration::from_millis(100);
+            }
+            Err(e) => {
+                // Kept and retried (with what arrives meanwhile): the changes are idempotent.
+                tracing::debug!(error = %e, "recording sessions failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = stop.cancelled() => break,
+                }
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    // Shutting down: one last write of what is queued (the sweep deletes the rest once
+    // this gateway is deregistered).
+    while let Ok(c) = rx.try_recv() {
+        batch.push(c);
+    }
+    let last = online_write(&pool, &gateway, &batch);
+    let _ = tokio::time::timeout(Duration::from_secs(2), last).await;
+}
+
+/// Writes session changes in order: per connection only the last change counts, and a
+/// connection that came and went within the batch is not written at all.
+async fn online_write(pool: &PgPool, gateway: &str, batch: &[OnlineChange]) -> sqlx::Result<()> {
+    let mut last: std::collections::HashMap<&str, (usize, &Option<ClientId>)> =
+        std::collections::HashMap::new();
+    let mut came_here = std::collections::HashSet::new();
+    for (i, (connection, client)) in batch.iter().enumerate() {
+        if client.is_some() {
+            came_here.insert(connection.as_str());
+        }
+        last.insert(connection.as_str(), (i, client));
+    }
+    let (mut up, mut up_clients, mut down) = (Vec::new(), Vec::new(), Vec::new());
+    for (connection, (_, client)) in last {
+        match client {
+            Some(c) => {
+                up.push(connection.to_owned());
+                up_clients.push(c.as_str().to_owned());
+            }
+            None if came_here.contains(connection) => {}
+            None => down.push(connection.to_owned()),
+        }
+    }
+    if !up.is_empty() {
+        sqlx::query(
+            "INSERT INTO postgame.sessions (gateway, connection, client_id)
+             SELECT $1, c, k FROM unnest($2::text[], $3::text[]) AS u(c, k)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(gateway)
+        .bind(&up)
+        .bind(&up_clients)
+        .execute(pool)
+        .await?;
+    }
+    if !down.is_empty() {
+        sqlx::query("DELETE FROM postgame.sessions WHERE gateway = $1 AND connection = ANY($2)")
+            .bind(gateway)
+            .bind(&down)
+            .execute(pool)
+            .await?;
+    }
+    Ok(())
 }
 
 /// A session's presence changes, applied in order by a task of their own.

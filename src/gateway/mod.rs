@@ -68,6 +68,8 @@ pub struct AppState {
     pub auth: Auth,
     pub games: Registry,
     pub publisher: Publisher,
+    /// Who is online on this gateway (`postgame.sessions`, for the matchmaker).
+    pub online: crate::presence::Online,
     pub hub: Arc<Hub>,
     pub notifier: Arc<Notifier>,
     pub config: GatewayConfig,

@@ -177,7 +177,7 @@ struct Session {
     /// This connection's presence changes, applied in order, durably ([`Presence`]).
     presence: Presence,
     /// Keeps this connection in `postgame.sessions` until the session ends.
-    _online: tokio_util::sync::DropGuard,
+    _online: crate::presence::OnlineGuard,
     /// The connection's publish bucket (`--conn-publish-burst`/`--conn-publish-rate`).
     publish_bucket: Option<Bucket>,
     refusals: VecDeque<Instant>,
@@ -258,12 +258,7 @@ pub async fn run<S, R, E>(
         connection_id.clone(),
         me.client.clone(),
     );
-    let online = crate::presence::session_record(
-        app.pool.clone(),
-        app.instance.clone(),
-        connection_id.clone(),
-        me.client.clone(),
-    );
+    let online = app.online.record(connection_id.clone(), me.client.clone());
     let mut s = Session {
         app: Arc::clone(&app),
         me,

@@ -298,6 +298,9 @@ impl App {
             Command::Doctor(db) => return Ok(crate::doctor::run(db).await),
             Command::Cluster(args) => crate::embedded::command(args).await?,
             Command::Chaos(args) => return crate::chaos::run(args).await,
+            Command::Token(args) => {
+                println!("{}", token_mint(&args)?);
+            }
             Command::Serve(mut config) => {
                 // A secret that would be refused is refused (or, on loopback, warned about)
                 // before anything starts.
@@ -330,6 +333,46 @@ impl App {
         }
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// `postgame token`: a token signed with the configured secret (never the development
+/// one, nor one shorter than servers accept off loopback).
+fn token_mint(args: &crate::config::TokenArgs) -> anyhow::Result<String> {
+    use crate::gateway::auth::{cap_parse, Auth, Claims};
+    if args.secret == crate::config::DEV_SECRET || args.secret.len() < crate::MIN_SECRET_BYTES {
+        anyhow::bail!(
+            "set POSTGAME_SECRET (or --secret) to the servers' secret, at least {} bytes: \
+             a token signed with the development secret would be accepted by anyone's server",
+            crate::MIN_SECRET_BYTES
+        );
+    }
+    if crate::ids::ClientId::parse(&args.client).is_none() {
+        anyhow::bail!("`{}` is not a valid client id", args.client);
+    }
+    let caps = if args.caps.is_empty() {
+        None
+    } else {
+        let mut caps = std::collections::BTreeMap::new();
+        for text in &args.caps {
+            let (pattern, ops) = cap_parse(text).map_err(anyhow::Error::msg)?;
+            caps.entry(pattern).or_insert_with(Vec::new).extend(ops);
+        }
+        Some(caps)
+    };
+    let expires_at = chrono::Utc::now() + chrono::Duration::seconds(i64::from(args.ttl));
+    let token = Auth::new(&args.secret).sign(&Claims {
+        sub: args.client.clone(),
+        exp: expires_at.timestamp(),
+        caps,
+        name: args.name.clone(),
+        nbf: None,
+        admin: args.admin,
+    });
+    eprintln!(
+        "expires at {}",
+        expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    Ok(token)
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`); a second call (a test running

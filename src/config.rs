@@ -47,6 +47,39 @@ pub enum Command {
     /// cluster, drive games through them while killing, freezing and restarting things at
     /// random, then check every guarantee; exits non-zero on any violation.
     Chaos(ChaosArgs),
+    /// Print a token signed with the configured secret, for your own backend, bots and
+    /// tests (the token goes to stdout, its expiry to stderr).
+    Token(TokenArgs),
+}
+
+/// `postgame token`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The client id the token names (`sub`).
+    #[arg(long)]
+    pub client: String,
+
+    /// A display name.
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// A capability, `PATTERN=OP[,OP…]` (ops: publish, subscribe, history, presence;
+    /// patterns as in the wire contract, e.g. `match:*`); repeat for several patterns.
+    /// Without any, the contract's defaults apply.
+    #[arg(long = "cap", value_name = "PATTERN=OPS")]
+    pub caps: Vec<String>,
+
+    /// Seconds the token is valid for.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl: u32,
+
+    /// An operator's token: may create the games only operators may create.
+    #[arg(long)]
+    pub admin: bool,
+
+    /// HS256 secret, the same as the servers' (the development secret is refused).
+    #[arg(long, env = "POSTGAME_SECRET", default_value = DEV_SECRET, hide_default_value = true, hide_env_values = true)]
+    pub secret: String,
 }
 
 /// `postgame chaos`.

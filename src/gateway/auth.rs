@@ -159,6 +159,37 @@ pub enum AuthError {
     Invalid,
 }
 
+/// Parses a capability of the command line, `PATTERN=OP[,OP…]` (ops by their wire names:
+/// `publish`, `subscribe`, `history`, `presence`).
+///
+/// ```
+/// use postgame::gateway::auth::{cap_parse, Cap};
+///
+/// assert_eq!(
+///     cap_parse("match:*=subscribe,history"),
+///     Ok(("match:*".to_owned(), vec![Cap::Subscribe, Cap::History]))
+/// );
+/// assert!(cap_parse("lobby").is_err());
+/// assert!(cap_parse("lobby=fly").is_err());
+/// ```
+pub fn cap_parse(text: &str) -> Result<(String, Vec<Cap>), String> {
+    let (pattern, ops) = text
+        .rsplit_once('=')
+        .ok_or_else(|| format!("`{text}`: a capability is PATTERN=OP[,OP…]"))?;
+    if pattern.is_empty() {
+        return Err(format!("`{text}`: the channel pattern is empty"));
+    }
+    let ops = ops
+        .split(',')
+        .map(|op| {
+            serde_json::from_value(serde_json::Value::String(op.trim().to_owned())).map_err(|_| {
+                format!("`{op}` is not an operation (publish, subscribe, history, presence)")
+            })
+        })
+        .collect::<Result<Vec<Cap>, String>>()?;
+    Ok((pattern.to_owned(), ops))
+}
+
 /// Signs and checks tokens with the server secret.
 #[derive(Clone)]
 pub struct Auth {

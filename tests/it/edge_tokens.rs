@@ -110,3 +110,76 @@ async fn invalid_utf8_closes_with_1007_and_protocol_errors_with_1002() {
     assert!(matches!(closed, Closed::Code(1002)), "{closed:?}");
     app.shutdown().await;
 }
+
+/// `postgame token` mints what a server with the same secret accepts, with exactly the
+/// capabilities asked for, and refuses the development secret and bad capabilities.
+#[test]
+fn the_token_command_mints_what_the_server_accepts() {
+    let secret = "an-operators-secret-of-at-least-32-bytes";
+    let mint = |args: &[&str], secret: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_postgame"))
+            .arg("token")
+            .args(args)
+            .env("POSTGAME_SECRET", secret)
+            .output()
+            .unwrap()
+    };
+    let out = mint(
+        &[
+            "--client",
+            "bot-7",
+            "--name",
+            "Bot",
+            "--cap",
+            "lobby=subscribe",
+            "--ttl",
+            "600",
+        ],
+        secret,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    let who = Auth::new(secret).verify(token.trim()).unwrap();
+    assert_eq!(who.client.as_str(), "bot-7");
+    assert_eq!(who.name.as_deref(), Some("Bot"));
+    let lobby = postgame::ids::Channel::parse("lobby").unwrap();
+    use postgame::gateway::auth::Cap;
+    assert!(who.can(Cap::Subscribe, &lobby));
+    assert!(!who.can(Cap::Publish, &lobby));
+    let left = who.expires_at - chrono::Utc::now();
+    assert!((590..=600).contains(&left.num_seconds()), "{left}");
+    // Another secret's server refuses it.
+    assert!(Auth::new("another-secret-of-at-least-32-bytes!!")
+        .verify(token.trim())
+        .is_err());
+
+    for (args, secret, says) in [
+        (
+            &["--client", "bot-7"][..],
+            postgame::config::DEV_SECRET,
+            "POSTGAME_SECRET",
+        ),
+        (
+            &["--client", "bot-7", "--cap", "lobby=fly"][..],
+            secret,
+            "not an operation",
+        ),
+        (
+            &["--client", "bot-7", "--cap", "lobby"][..],
+            secret,
+            "PATTERN=OP",
+        ),
+    ] {
+        let out = mint(args, secret);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(says),
+            "{args:?}: {err}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?} printed a token");
+    }
+}

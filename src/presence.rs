@@ -30,6 +30,7 @@
 use std::time::Duration;
 
 use serde_json::json;
+use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgExecutor, PgPool};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -179,13 +180,21 @@ pub async fn run(
 ) {
     let mut every = tokio::time::interval(HEARTBEAT);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The heartbeat has a connection of its own: a gateway whose pool is taken by work
+    // (publishes, presence changes, a reconnection wave) is alive, and must not look dead
+    // for waiting its turn; declared dead, it closes every session, which makes more work.
+    let beat = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(HEARTBEAT * 2)
+        .connect_lazy_with((*pool.connect_options()).clone());
     loop {
         tokio::select! {
             _ = every.tick() => {}
             _ = stop.cancelled() => break,
         }
         if let Some(g) = &gateway {
-            match gateway_heartbeat(&pool, &g.id).await {
+            let beaten = tokio::time::timeout(HEARTBEAT * 2, gateway_heartbeat(&beat, &g.id));
+            match beaten.await.unwrap_or(Err(sqlx::Error::PoolTimedOut)) {
                 Ok(true) => {
                     tracing::warn!(
                         gateway = g.id,
@@ -204,7 +213,7 @@ pub async fn run(
         }
     }
     if let Some(g) = &gateway {
-        if let Err(e) = gateway_deregister(&pool, &g.id).await {
+        if let Err(e) = gateway_deregister(&beat, &g.id).await {
             tracing::debug!(error = %e, "gateway deregistration failed");
         }
     }

@@ -14,7 +14,7 @@ use crate::helpers::{test_config, Client, TestApp, TestDb};
 async fn gateway(opts: sqlx::postgres::PgConnectOptions) -> TestApp {
     TestApp::spawn_with(opts, Registry::builtin(), |c| {
         c.roles = vec![Role::Gateway];
-        c.db_connections = 4;
+        c.db_connections = 3;
     })
     .await
 }
@@ -87,7 +87,7 @@ async fn a_hundred_players_on_two_gateways_and_four_workers_end_in_fifty_matches
         let mut config = test_config(&gateways[0].db_url);
         config.roles = vec![Role::Worker];
         config.workers = 1;
-        config.db_connections = 3;
+        config.db_connections = 2;
         workers.push(
             postgame::start(config, Registry::builtin(), None)
                 .await

@@ -186,7 +186,7 @@ impl App {
                 return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
             }
         };
-        init_logging();
+        init_logging(cli.log_format);
         let runtime = match tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -375,15 +375,23 @@ fn token_mint(args: &crate::config::TokenArgs) -> anyhow::Result<String> {
     Ok(token)
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`); a second call (a test running
-/// two apps) keeps the first subscriber.
-fn init_logging() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), as text or one JSON object a
+/// line (`--log-format`); a second call (a test running two apps) keeps the first
+/// subscriber.
+fn init_logging(format: crate::config::LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        crate::config::LogFormat::Text => builder.try_init(),
+        crate::config::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .try_init(),
+    };
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

@@ -27,6 +27,19 @@ pub const DEFAULT_DATA_DIR: &str = ".postgame/pgdata";
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+
+    /// Log lines as text for people (`text`) or one JSON object a line for a log pipeline
+    /// (`json`: time, level, message, the event's fields such as `match_id`, and the
+    /// `role` of the task that logged it). The level filter is `RUST_LOG` (default `info`).
+    #[arg(long, global = true, env = "POSTGAME_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 // Parsed once per process: the size of the `serve` variant costs nothing.

@@ -273,6 +273,7 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::broadcast::hub::Hub;
 use crate::broadcast::notify::Notifier;
@@ -448,7 +449,8 @@ pub async fn start_with_pages(
             tasks.spawn(
                 worker
                     .clone()
-                    .run(Arc::clone(&notifier.control_local), stop.clone()),
+                    .run(Arc::clone(&notifier.control_local), stop.clone())
+                    .instrument(tracing::info_span!("worker", role = "worker")),
             );
         }
         routes.control = Some(Arc::clone(&notifier.control_local));
@@ -483,7 +485,8 @@ pub async fn start_with_pages(
             tasks.spawn(
                 ticker
                     .clone()
-                    .run(Arc::clone(&notifier.tick_local), stop.clone()),
+                    .run(Arc::clone(&notifier.tick_local), stop.clone())
+                    .instrument(tracing::info_span!("ticker", role = "ticker")),
             );
         }
         // One prune of ended matches per process (`--match-retention-hours`).
@@ -565,12 +568,10 @@ pub async fn start_with_pages(
             },
             trusted_proxies: config.trusted_proxies.clone(),
         };
-        tasks.spawn(gateway::serve::serve(
-            listener,
-            router,
-            limits,
-            stop.clone(),
-        ));
+        tasks.spawn(
+            gateway::serve::serve(listener, router, limits, stop.clone())
+                .instrument(tracing::info_span!("gateway", role = "gateway")),
+        );
     }
 
     let mut metrics_addr = None;

@@ -38,6 +38,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// The time bounds and limits of the accept loop.
 #[derive(Debug, Clone)]
@@ -292,13 +293,11 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, stop: 
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
         let io = Tracked::new(tcp, slot);
-        tokio::spawn(connection(
-            io,
-            peer,
-            router.clone(),
-            Arc::clone(&limits),
-            stop.clone(),
-        ));
+        // The connection logs under the gateway's span (its `role`).
+        tokio::spawn(
+            connection(io, peer, router.clone(), Arc::clone(&limits), stop.clone())
+                .in_current_span(),
+        );
     }
 }
 

@@ -26,6 +26,7 @@ mod leases;
 mod limits;
 mod listing;
 mod lobby;
+mod logs;
 mod matchmaker;
 mod outage;
 mod presence;

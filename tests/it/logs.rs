@@ -1,0 +1,71 @@
+//! `--log-format json`: one JSON object a line, with the event's fields and the role of the
+//! task that logged it.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::helpers::{database_url, TestDb};
+
+#[tokio::test]
+async fn json_logs_are_one_object_a_line_with_the_role_that_logged() {
+    let (_db, opts) = TestDb::new().await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts.clone())
+        .await
+        .unwrap();
+    postgame::store::migrate(&pool).await.unwrap();
+    // A worker whose claims fail: it logs a warning and retries.
+    sqlx::query("ALTER TABLE postgame.control_heads RENAME TO control_heads_away")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_postgame"))
+        .args(["serve", "--role", "worker", "--log-format", "json"])
+        .args(["--database-url", &database_url(&opts)])
+        .env("POSTGAME_WORKERS", "1")
+        .env("POSTGAME_DB_CONNECTIONS", "2")
+        .env("POSTGAME_POLL_SECONDS", "0.5")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(worker.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let warning = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let event: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("not one JSON object: {line} ({e})"));
+            for field in ["timestamp", "level", "message", "target"] {
+                assert!(event.get(field).is_some(), "{field} missing: {line}");
+            }
+            seen.push(line);
+            if event["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("failed; retrying"))
+            {
+                return event;
+            }
+        }
+        panic!("the worker stopped before it logged the failure: {seen:#?}");
+    })
+    .await
+    .expect("no failure logged within 60 s");
+    assert_eq!(warning["level"], "WARN", "{warning}");
+    assert!(
+        warning["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("control_heads")),
+        "{warning}"
+    );
+    let spans = warning["spans"].as_array().cloned().unwrap_or_default();
+    assert!(
+        spans.iter().any(|s| s["role"] == "worker"),
+        "no role in {warning}"
+    );
+    let _ = worker.kill().await;
+}

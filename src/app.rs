@@ -298,6 +298,14 @@ impl App {
             Command::Doctor(db) => return Ok(crate::doctor::run(db).await),
             Command::Cluster(args) => crate::embedded::command(args).await?,
             Command::Chaos(args) => return crate::chaos::run(args).await,
+            Command::Inspect(mut args) => {
+                let cluster = setup::prepare(&mut args.db).await?;
+                let result = crate::inspect::run(&args.db.database_url, &args.what).await;
+                if let Some(cluster) = cluster {
+                    cluster.stop().await;
+                }
+                result?;
+            }
             Command::Token(args) => {
                 println!("{}", token_mint(&args)?);
             }

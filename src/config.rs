@@ -63,6 +63,34 @@ pub enum Command {
     /// Print a token signed with the configured secret, for your own backend, bots and
     /// tests (the token goes to stdout, its expiry to stderr).
     Token(TokenArgs),
+    /// Print what the database knows about one match, as JSON: the match row, pending
+    /// control messages, a hold after failures, dead letters, presence, latest broadcasts.
+    Inspect(InspectArgs),
+}
+
+/// `postgame inspect`.
+#[derive(Debug, Clone, Args)]
+pub struct InspectArgs {
+    #[command(subcommand)]
+    pub what: InspectWhat,
+
+    #[command(flatten)]
+    pub db: DatabaseConfig,
+}
+
+/// What `postgame inspect` looks at.
+#[derive(Debug, Clone, Subcommand)]
+pub enum InspectWhat {
+    /// One match, by id.
+    Match {
+        /// The match id.
+        id: String,
+
+        /// How many pending messages, dead letters and broadcasts to show (newest
+        /// broadcasts and dead letters, oldest pending messages).
+        #[arg(long, default_value_t = 20)]
+        last: i64,
+    },
 }
 
 /// `postgame token`.

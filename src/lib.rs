@@ -243,6 +243,8 @@ pub mod gateway;
 #[doc(hidden)]
 pub mod ids;
 #[doc(hidden)]
+pub mod inspect;
+#[doc(hidden)]
 pub mod lease;
 #[doc(hidden)]
 pub mod matches;

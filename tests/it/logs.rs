@@ -1,5 +1,5 @@
-//! `--log-format json`: one JSON object a line, with the event's fields and the role of the
-//! task that logged it.
+//! Operator tools: `--log-format json` (one JSON object a line, with the event's fields and
+//! the role of the task that logged it) and `postgame inspect match`.
 
 use std::time::Duration;
 
@@ -68,4 +68,72 @@ async fn json_logs_are_one_object_a_line_with_the_role_that_logged() {
         "no role in {warning}"
     );
     let _ = worker.kill().await;
+}
+
+/// `postgame inspect match ID` shows the match, its queue, its hold and its broadcasts, as
+/// the database has them; an unknown id is an error.
+#[tokio::test]
+async fn inspect_shows_a_matchs_row_queue_hold_and_broadcasts() {
+    let (_db, opts) = TestDb::new().await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts.clone())
+        .await
+        .unwrap();
+    postgame::store::migrate(&pool).await.unwrap();
+    let (info, _) = postgame::matches::match_create(
+        &pool,
+        &postgame::game::tictactoe::TicTacToe,
+        &serde_json::json!({}),
+    )
+    .await
+    .unwrap();
+    for name in ["join", "chat"] {
+        sqlx::query(
+            "INSERT INTO postgame.control (match_id, client_id, name, data) VALUES ($1, 'ann', $2, '{}')",
+        )
+        .bind(info.id)
+        .bind(name)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    sqlx::query("INSERT INTO postgame.control_holds VALUES ($1, now() + interval '1 minute')")
+        .bind(info.id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let inspect = |id: String| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_postgame"))
+            .args(["inspect", "match", &id, "--last", "1"])
+            .args(["--database-url", &database_url(&opts)])
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let out = inspect(info.id.to_string());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["match"]["id"], info.id.to_string(), "{doc}");
+    assert_eq!(doc["match"]["game"], "tictactoe", "{doc}");
+    assert_eq!(doc["pending"]["count"], 2, "{doc}");
+    let oldest = doc["pending"]["oldest"].as_array().unwrap();
+    assert_eq!(oldest.len(), 1, "--last 1: {doc}");
+    assert_eq!(oldest[0]["name"], "join", "{doc}");
+    assert!(doc["hold"]["until"].is_string(), "{doc}");
+    assert_eq!(doc["dead_letters"], serde_json::json!([]), "{doc}");
+    assert!(
+        doc["broadcasts"].as_array().is_some_and(|b| b.len() == 1),
+        "{doc}"
+    );
+
+    let out = inspect(uuid::Uuid::new_v4().to_string());
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no match"));
+    let out = inspect("not-an-id".to_owned());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a match id"));
 }

@@ -253,15 +253,7 @@ impl App {
             .database_url_set
             .clone()
             .unwrap_or_else(|| config.db.default_database_url.clone());
-        let listener = if config.runs(Role::Gateway) {
-            Some(
-                tokio::net::TcpListener::bind(config.listen)
-                    .await
-                    .with_context(|| format!("cannot listen on {}", config.listen))?,
-            )
-        } else {
-            None
-        };
+        let listener = gateway_listener(&config).await?;
         self.serve_config(config, listener).await
     }
 
@@ -280,31 +272,24 @@ impl App {
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<ExitCode> {
         match command {
-            Command::Migrate(mut db) => {
-                let cluster = setup::prepare(&mut db).await?;
-                let result = async {
-                    let pool =
-                        crate::store::pool_connect(&db.database_url, 2, "postgame migrate").await?;
+            Command::Migrate(db) => {
+                on_database(db, |url| async move {
+                    let pool = crate::store::pool_connect(&url, 2, "postgame migrate").await?;
                     crate::store::migrate(&pool).await
-                }
-                .await;
-                if let Some(cluster) = cluster {
-                    cluster.stop().await;
-                }
-                result?;
+                })
+                .await?;
                 tracing::info!("migrations applied");
             }
             Command::Bench(args) => crate::bench::run(args, &self.games).await?,
             Command::Doctor(db) => return Ok(crate::doctor::run(db).await),
             Command::Cluster(args) => crate::embedded::command(args).await?,
             Command::Chaos(args) => return crate::chaos::run(args).await,
-            Command::Inspect(mut args) => {
-                let cluster = setup::prepare(&mut args.db).await?;
-                let result = crate::inspect::run(&args.db.database_url, &args.what).await;
-                if let Some(cluster) = cluster {
-                    cluster.stop().await;
-                }
-                result?;
+            Command::Inspect(args) => {
+                let what = args.what;
+                on_database(args.db, |url| async move {
+                    crate::inspect::run(&url, &what).await
+                })
+                .await?;
             }
             Command::Token(args) => {
                 println!("{}", token_mint(&args)?);
@@ -318,15 +303,7 @@ impl App {
                 // A private cluster started here is stopped on every way out (`Drop` on
                 // errors).
                 let cluster = setup::prepare(&mut config.db).await?;
-                let listener = if config.runs(Role::Gateway) {
-                    Some(
-                        tokio::net::TcpListener::bind(config.listen)
-                            .await
-                            .with_context(|| format!("cannot listen on {}", config.listen))?,
-                    )
-                } else {
-                    None
-                };
+                let listener = gateway_listener(&config).await?;
                 let server = self.serve_config(config, listener).await?;
                 if let Some(addr) = server.addr {
                     tracing::info!("postgame is listening on http://{addr}/");
@@ -341,6 +318,32 @@ impl App {
         }
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// The gateway's listener on `--listen`, when this process runs the gateway.
+async fn gateway_listener(config: &ServeConfig) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    if !config.runs(Role::Gateway) {
+        return Ok(None);
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    Ok(Some(listener))
+}
+
+/// Runs `f` with the URL of the database `db` names, as `serve` would find it (a private
+/// cluster started for it is stopped afterwards, whatever `f` returned).
+async fn on_database<F, Fut>(mut db: crate::config::DatabaseConfig, f: F) -> anyhow::Result<()>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let cluster = setup::prepare(&mut db).await?;
+    let result = f(db.database_url.clone()).await;
+    if let Some(cluster) = cluster {
+        cluster.stop().await;
+    }
+    result
 }
 
 /// `postgame token`: a token signed with the configured secret (never the development

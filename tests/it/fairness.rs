@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::{TestApp, TestDb};
+use crate::helpers::{migrated_pool, TestApp, TestDb};
 use crate::ledger;
 
 /// Messages queued for the flooded match.
@@ -79,12 +79,7 @@ async fn a_flooded_match_does_not_delay_another_matchs_move() {
 #[tokio::test]
 async fn a_publisher_does_not_wait_for_a_worker_settling_the_same_matchs_head() {
     let (_db, opts) = TestDb::new().await;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(3)
-        .connect_with(opts)
-        .await
-        .unwrap();
-    postgame::store::migrate(&pool).await.unwrap();
+    let pool = migrated_pool(&opts, 3).await;
     let (info, _) =
         postgame::matches::match_create(&pool, &postgame::game::tictactoe::TicTacToe, &json!({}))
             .await

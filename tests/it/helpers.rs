@@ -667,3 +667,15 @@ pub async fn state_field<T: serde::de::DeserializeOwned>(
         .unwrap();
     serde_json::from_value(state[field].clone()).unwrap()
 }
+
+/// A pool of `connections` on the test database `opts`, with postgame's migrations
+/// applied: for tests that drive the tables themselves, without a server.
+pub async fn migrated_pool(opts: &PgConnectOptions, connections: u32) -> PgPool {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(connections)
+        .connect_with(opts.clone())
+        .await
+        .unwrap();
+    postgame::store::migrate(&pool).await.unwrap();
+    pool
+}

@@ -6,17 +6,12 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::helpers::{database_url, TestDb};
+use crate::helpers::{database_url, migrated_pool, TestDb};
 
 #[tokio::test]
 async fn json_logs_are_one_object_a_line_with_the_role_that_logged() {
     let (_db, opts) = TestDb::new().await;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(opts.clone())
-        .await
-        .unwrap();
-    postgame::store::migrate(&pool).await.unwrap();
+    let pool = migrated_pool(&opts, 1).await;
     // A worker whose claims fail: it logs a warning and retries.
     sqlx::query("ALTER TABLE postgame.control_heads RENAME TO control_heads_away")
         .execute(&pool)
@@ -75,12 +70,7 @@ async fn json_logs_are_one_object_a_line_with_the_role_that_logged() {
 #[tokio::test]
 async fn inspect_shows_a_matchs_row_queue_hold_and_broadcasts() {
     let (_db, opts) = TestDb::new().await;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(opts.clone())
-        .await
-        .unwrap();
-    postgame::store::migrate(&pool).await.unwrap();
+    let pool = migrated_pool(&opts, 1).await;
     let (info, _) = postgame::matches::match_create(
         &pool,
         &postgame::game::tictactoe::TicTacToe,

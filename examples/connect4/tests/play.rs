@@ -44,6 +44,7 @@ type Socket =
 struct Player {
     ws: Socket,
     id: String,
+    token: String,
     next: u64,
 }
 
@@ -64,6 +65,7 @@ impl Player {
         let mut p = Self {
             ws,
             id: guest["client_id"].as_str().unwrap().to_owned(),
+            token: token.to_owned(),
             next: 0,
         };
         let hello = p.recv(|f| f["op"] == "connected").await;
@@ -135,10 +137,9 @@ impl Player {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_players_play_connect_four_to_a_win_through_the_real_server() {
-    let db = TestDb::new();
-    let server = connect4::app()
+/// `connect4::app()` on a free port against `db`.
+async fn start(db: &TestDb) -> postgame::Server {
+    connect4::app()
         .start([
             "--listen",
             "127.0.0.1:0",
@@ -152,7 +153,13 @@ async fn two_players_play_connect_four_to_a_win_through_the_real_server() {
             "0.5",
         ])
         .await
-        .expect("the connect4 server starts");
+        .expect("the connect4 server starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_players_play_connect_four_to_a_win_through_the_real_server() {
+    let db = TestDb::new();
+    let server = start(&db).await;
     let base = format!("http://{}", server.addr.expect("the gateway runs"));
     let http = reqwest::Client::new();
 
@@ -268,4 +275,56 @@ async fn guest_token(base: &str, http: &reqwest::Client) -> String {
         .await
         .unwrap();
     guest["token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_matchmaker_seats_two_players_in_a_connect_four_match() {
+    let db = TestDb::new();
+    let server = start(&db).await;
+    let base = format!("http://{}", server.addr.expect("the gateway runs"));
+    let http = reqwest::Client::new();
+    let mut first = Player::connect(&base, &http).await;
+    let mut second = Player::connect(&base, &http).await;
+    for p in [&mut first, &mut second] {
+        p.subscribe(&format!("user:{}", p.id)).await;
+    }
+    let mut tickets = Vec::new();
+    for p in [&first, &second] {
+        let r = http
+            .post(format!("{base}/v1/matchmaker"))
+            .bearer_auth(&p.token)
+            .json(&json!({"game": "connect4", "config": {"turn_seconds": 30}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let ticket: Value = r.json().await.unwrap();
+        tickets.push(ticket["ticket"].clone());
+    }
+    let mut match_ids = Vec::new();
+    for (p, ticket) in [&mut first, &mut second].into_iter().zip(&tickets) {
+        let matched = p
+            .recv(|f| f["op"] == "message" && f["name"] == "matched")
+            .await;
+        assert_eq!(&matched["data"]["ticket"], ticket);
+        match_ids.push(matched["data"]["match_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(match_ids[0], match_ids[1], "one match for both");
+    let stored: Value = http
+        .get(format!("{base}/v1/matches/{}", match_ids[0]))
+        .bearer_auth(&first.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stored["game"], "connect4");
+    assert_eq!(stored["status"], "playing");
+    // The older ticket took the first seat, through the game's own join.
+    assert_eq!(stored["state"]["players"]["R"], first.id.as_str());
+    assert_eq!(stored["state"]["players"]["Y"], second.id.as_str());
+    assert_eq!(stored["config"], json!({"turn_seconds": 30}));
+    server.shutdown().await;
+    db.drop().await;
 }

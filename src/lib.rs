@@ -189,9 +189,10 @@
 //! - [`testkit`]: drive a match through inputs and ticks in a unit test.
 //! - [`Registry`], [`Pages`], [`Server`]: what an [`App`] holds and starts.
 //!
-//! The other modules are the server's internals. They are public only so that postgame's
-//! own integration tests, benchmarks and fuzzers can reach them, are hidden from these
-//! docs, and may change in any release.
+//! The other modules are the server's internals: crate-private where nothing outside the
+//! crate needs them, otherwise public only so that postgame's own integration tests,
+//! benchmarks and fuzzers can reach them, hidden from these docs, and free to change in any
+//! release.
 //!
 //! # Map of the crate (for contributors)
 //!
@@ -228,14 +229,11 @@ pub mod bench;
 pub mod broadcast;
 #[doc(hidden)]
 pub mod chaos;
-#[doc(hidden)]
-pub mod claim_loop;
+pub(crate) mod claim_loop;
 #[doc(hidden)]
 pub mod config;
-#[doc(hidden)]
-pub mod doctor;
-#[doc(hidden)]
-pub mod embedded;
+pub(crate) mod doctor;
+pub(crate) mod embedded;
 #[doc(hidden)]
 pub mod game;
 #[doc(hidden)]
@@ -244,8 +242,7 @@ pub mod gateway;
 pub mod ids;
 #[doc(hidden)]
 pub mod inspect;
-#[doc(hidden)]
-pub mod lease;
+pub(crate) mod lease;
 #[doc(hidden)]
 pub mod matches;
 #[doc(hidden)]
@@ -261,8 +258,7 @@ pub mod store;
 pub mod testkit;
 #[doc(hidden)]
 pub mod ticker;
-#[doc(hidden)]
-pub mod worker;
+pub(crate) mod worker;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;

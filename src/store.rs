@@ -26,7 +26,7 @@ pub async fn pool_connect(url: &str, max: u32, app_name: &str) -> anyhow::Result
 }
 
 /// A pool for a serving process's roles: like [`pool_connect`], and every connection runs
-/// under `leases` ([`Leases::session_sql`]: idle-in-transaction and statement timeouts,
+/// under `leases` (`Leases::session_sql`: idle-in-transaction and statement timeouts,
 /// keepalives), so a process that hangs holds nothing for longer than its lease.
 pub async fn pool_connect_role(
     url: &str,

@@ -6,7 +6,7 @@
 //!    commit) in sequential batches of [`BULK_BATCH`], no worker running.
 //! 2. **One-by-one enqueue** of the other S messages, one [`commit_batch`] per message,
 //!    from P concurrent producers, still no worker running.
-//! 3. **Drain**: W worker tasks run the real [`Worker::run_once`] loop (the policy of
+//! 3. **Drain**: W worker tasks run the real `Worker::run_once` loop (the policy of
 //!    `Worker::run`: again at once while there was work, else wait for a wake-up) until
 //!    all N are applied. `throughput_per_s` is this drain rate.
 //! 4. **Latency**: with the workers running and the queue empty, L more messages one by

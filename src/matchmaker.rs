@@ -385,24 +385,40 @@ pub async fn pair_once(
         tx.commit().await?;
         return Ok(0);
     }
+    // The tickets of each pairing, to end them if their game overruns.
+    let owners: Vec<Vec<(Uuid, String)>> = pairings
+        .iter()
+        .map(|p| {
+            p.tickets
+                .iter()
+                .map(|t| (t.id, t.client_id.clone()))
+                .collect()
+        })
+        .collect();
     // The games' handlers run within the handler time limit, as in a worker batch.
     let (made, overrun) = run_limited(pairings, handler_limit, move |p, _| {
         let made = make_match(&p, now);
         (p, made)
     })
     .await;
-    if let Some(o) = overrun {
-        tracing::warn!(
-            pairing = o.job,
-            "a game's create or join ran past the handler time limit; its tickets wait on"
-        );
-    }
 
     let mut matches = MatchRows::default();
     let mut messages: Vec<NewMessage> = Vec::new();
     let mut latest: Vec<NewMessage> = Vec::new();
     let mut matched: (Vec<Uuid>, Vec<Uuid>) = Default::default();
     let mut failed: Vec<Uuid> = Vec::new();
+    // A game that overran ends its pairing's tickets `failed` (trying again would hang
+    // again, and abandon another thread); the pairings after it wait for the next try.
+    if let Some(o) = overrun {
+        tracing::warn!(
+            pairing = o.job,
+            "a game's create or join ran past the handler time limit; its tickets failed"
+        );
+        for (id, client) in &owners[o.job] {
+            failed.push(*id);
+            messages.extend(expired_message(client, *id, "failed"));
+        }
+    }
     let mut tick_sooner = false;
     for (p, made) in made {
         let (created, applied) = match made {

@@ -722,3 +722,67 @@ async fn cancels_racing_the_workers_never_leave_a_ticket_both_cancelled_and_matc
     drop(clients);
     app.shutdown().await;
 }
+
+/// A game whose `join` takes longer than the handler time limit (1 s).
+struct Stuck;
+
+impl postgame::game::Game for Stuck {
+    type Config = Value;
+    type State = Value;
+
+    fn name(&self) -> &'static str {
+        "stuck"
+    }
+
+    fn config(&self, _raw: &Value) -> Result<Value, String> {
+        Ok(json!({}))
+    }
+
+    fn create(
+        &self,
+        _cx: &postgame::game::Cx<'_, Value>,
+        _out: &mut Vec<postgame::game::Outgoing>,
+    ) -> Value {
+        json!({})
+    }
+
+    fn handle(
+        &self,
+        _cx: &postgame::game::Cx<'_, Value>,
+        _state: &mut Value,
+        _input: &postgame::game::Input,
+        _out: &mut Vec<postgame::game::Outgoing>,
+    ) -> Result<(), postgame::game::GameError> {
+        std::thread::sleep(Duration::from_millis(1500));
+        Ok(())
+    }
+
+    fn status(&self, _state: &Value) -> &'static str {
+        "open"
+    }
+}
+
+#[tokio::test]
+async fn a_game_whose_join_overruns_the_handler_limit_fails_its_tickets_once() {
+    let (_db, opts) = TestDb::new().await;
+    let app = TestApp::spawn_with(opts, Registry::builtin().with(Stuck), |_| {}).await;
+    let mut sam = player(&app, "sam").await;
+    let mut tom = player(&app, "tom").await;
+    let (_, s) = open(&app, "sam", json!({ "game": "stuck" })).await;
+    let (_, t) = open(&app, "tom", json!({ "game": "stuck" })).await;
+    for (c, n, ticket) in [(&mut sam, "sam", &s), (&mut tom, "tom", &t)] {
+        let m = c.named(&format!("user:{n}"), "matchmaker_expired").await;
+        assert_eq!(m["data"]["reason"], "failed", "{m}");
+        assert_eq!(m["data"]["ticket"], ticket["ticket"]);
+    }
+    let matches: i64 = sqlx::query_scalar("SELECT count(*) FROM postgame.matches")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(matches, 0);
+    assert_eq!(
+        ticket(&app, "sam", s["ticket"].as_str().unwrap()).await["status"],
+        "failed"
+    );
+    app.shutdown().await;
+}

@@ -735,6 +735,13 @@ pub struct ServeConfig {
         default_value_t = 30.0
     )]
     pub statement_timeout_seconds: f64,
+
+    /// Seconds between postgame's own `VACUUM` of its hot tables (the control queue and its
+    /// heads and holds, matches, presence, sessions, matchmaker tickets), run by one worker
+    /// process at a time; 0 leaves it to autovacuum alone. It keeps dead rows bounded on a
+    /// server whose autovacuum is off or lags behind the queue's churn.
+    #[arg(long, env = "POSTGAME_VACUUM_SECONDS", default_value_t = 60.0)]
+    pub vacuum_seconds: f64,
 }
 
 impl ServeConfig {

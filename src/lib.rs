@@ -258,6 +258,8 @@ pub mod store;
 pub mod testkit;
 #[doc(hidden)]
 pub mod ticker;
+#[doc(hidden)]
+pub mod vacuum;
 pub(crate) mod worker;
 
 use std::net::SocketAddr;
@@ -458,6 +460,13 @@ pub async fn start_with_pages(
             Duration::from_secs(60),
             stop.clone(),
         ));
+        if config.vacuum_seconds > 0.0 {
+            tasks.spawn(vacuum::run(
+                pool.clone(),
+                Duration::from_secs_f64(config.vacuum_seconds.max(1.0)),
+                stop.clone(),
+            ));
+        }
         // Expiry, disconnect drops and retention of matchmaker tickets.
         tasks.spawn(matchmaker::run_sweep(
             pool.clone(),

@@ -1,5 +1,5 @@
 //! Operator tools: `--log-format json` (one JSON object a line, with the event's fields and
-//! the role of the task that logged it) and `postgame inspect match`.
+//! the role of the task that logged it), `postgame inspect match` and postgame's own VACUUM.
 
 use std::time::Duration;
 
@@ -126,4 +126,58 @@ async fn inspect_shows_a_matchs_row_queue_hold_and_broadcasts() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no match"));
     let out = inspect("not-an-id".to_owned());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a match id"));
+}
+
+/// How many times `postgame.control` was vacuumed by hand (not by autovacuum).
+async fn control_vacuums(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT vacuum_count FROM pg_stat_user_tables
+         WHERE schemaname = 'postgame' AND relname = 'control'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// postgame vacuums its hot tables itself (this CI server runs with autovacuum off), one
+/// process at a time, and a worker process does it on its own every `--vacuum-seconds`.
+#[tokio::test]
+async fn workers_vacuum_the_hot_tables_one_process_at_a_time() {
+    let (_db, opts) = TestDb::new().await;
+    let pool = migrated_pool(&opts, 2).await;
+    assert!(postgame::vacuum::vacuum_once(&pool).await.unwrap());
+    assert_eq!(control_vacuums(&pool).await, 1);
+
+    // Another process at it: this one skips its round.
+    let mut other = pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(7476904, 1)")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    assert!(!postgame::vacuum::vacuum_once(&pool).await.unwrap());
+    sqlx::query("SELECT pg_advisory_unlock(7476904, 1)")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    drop(other);
+    assert_eq!(control_vacuums(&pool).await, 1);
+
+    // A worker process vacuums by itself.
+    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_postgame"))
+        .args(["serve", "--role", "worker", "--vacuum-seconds", "1"])
+        .args(["--database-url", &database_url(&opts)])
+        .env("POSTGAME_DB_CONNECTIONS", "2")
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while control_vacuums(&pool).await < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker did not vacuum twice within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = worker.kill().await;
 }

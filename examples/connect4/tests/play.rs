@@ -50,15 +50,7 @@ struct Player {
 
 impl Player {
     async fn connect(base: &str, http: &reqwest::Client) -> Self {
-        let guest: Value = http
-            .post(format!("{base}/v1/tokens"))
-            .json(&json!({}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let guest = guest(base, http).await;
         let token = guest["token"].as_str().unwrap();
         let ws_url = format!("{}/v1/ws?token={token}", base.replace("http://", "ws://"));
         let (ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
@@ -264,17 +256,23 @@ async fn two_players_play_connect_four_to_a_win_through_the_real_server() {
     db.drop().await;
 }
 
-async fn guest_token(base: &str, http: &reqwest::Client) -> String {
-    let guest: Value = http
-        .post(format!("{base}/v1/tokens"))
+/// A new guest: `{"token", "client_id", …}` from `POST /v1/tokens`.
+async fn guest(base: &str, http: &reqwest::Client) -> Value {
+    http.post(format!("{base}/v1/tokens"))
         .json(&json!({}))
         .send()
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
-    guest["token"].as_str().unwrap().to_owned()
+        .unwrap()
+}
+
+async fn guest_token(base: &str, http: &reqwest::Client) -> String {
+    guest(base, http).await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use postgame::App;
 use serde_json::json;
 
-use crate::helpers::{database_url, TestDb, SECRET};
+use crate::helpers::{database_url, guest, TestDb, SECRET};
 
 /// Runs `app.run_from(args)` on a thread of its own (it builds its own runtime).
 async fn run_from(app: App, args: Vec<String>) -> ExitCode {
@@ -97,15 +97,7 @@ async fn an_app_serves_its_pages_and_only_its_games() {
     assert_eq!(get("/nothing-here").await.unwrap().status(), 404);
 
     // App::empty serves no built-in game.
-    let token: serde_json::Value = http
-        .post(format!("{base}/v1/tokens"))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let token: serde_json::Value = guest(&http, &base).await;
     let r = http
         .post(format!("{base}/v1/matches"))
         .bearer_auth(token["token"].as_str().unwrap())

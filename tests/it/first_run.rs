@@ -181,15 +181,7 @@ async fn a_fresh_start_without_a_database_runs_a_private_cluster_reuses_it_and_s
     );
 
     // Something to find again: a guest and a match.
-    let token: Value = http
-        .post(format!("http://{addr}/v1/tokens"))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let token: Value = crate::helpers::guest(&http, &format!("http://{addr}")).await;
     let token = token["token"].as_str().unwrap().to_owned();
     let created: Value = http
         .post(format!("http://{addr}/v1/matches"))

@@ -679,3 +679,16 @@ pub async fn migrated_pool(opts: &PgConnectOptions, connections: u32) -> PgPool 
     postgame::store::migrate(&pool).await.unwrap();
     pool
 }
+
+/// A new guest from the server at `base` (`http://host:port`): the JSON of
+/// `POST /v1/tokens` (`token`, `client_id`, …).
+pub async fn guest(http: &reqwest::Client, base: &str) -> Value {
+    http.post(format!("{base}/v1/tokens"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}

@@ -25,12 +25,21 @@ const LOCK: (i32, i32) = (7476904, 1);
 /// process vacuumed.
 pub async fn vacuum_once(pool: &PgPool) -> sqlx::Result<bool> {
     let mut conn = pool.acquire().await?;
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
-        .bind(LOCK.0)
-        .bind(LOCK.1)
-        .fetch_one(&mut *conn)
-        .await?;
+    // The lock is a session's, outside any transaction, so the lease does not end it: a
+    // process frozen while holding it loses its session (and the lock) once idle this
+    // long, instead of keeping every other process from vacuuming.
+    let locked: bool = sqlx::query_scalar(
+        "SELECT pg_try_advisory_lock($1, $2)
+         FROM (SELECT set_config('idle_session_timeout', '30s', false)) AS s",
+    )
+    .bind(LOCK.0)
+    .bind(LOCK.1)
+    .fetch_one(&mut *conn)
+    .await?;
     if !locked {
+        sqlx::query("RESET idle_session_timeout")
+            .execute(&mut *conn)
+            .await?;
         return Ok(false);
     }
     // A large table may take longer than the statement timeout of the pool's sessions.
@@ -42,6 +51,9 @@ pub async fn vacuum_once(pool: &PgPool) -> sqlx::Result<bool> {
             .execute(&mut *conn)
             .await?;
         sqlx::query("RESET statement_timeout")
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("RESET idle_session_timeout")
             .execute(&mut *conn)
             .await
     }

@@ -310,19 +310,27 @@ pub struct Server {
     pub metrics_addr: Option<SocketAddr>,
     /// The server's connection pool (for a test that looks at the tables).
     pub pool: PgPool,
+    /// Cancelled first: `/readyz` answers `503 draining`.
+    draining: CancellationToken,
     stop: CancellationToken,
+    /// Stops the gateway's listener and HTTP connections, once the sessions are gone (until
+    /// then probes are still answered, `/readyz` with 503).
+    http_stop: CancellationToken,
     publisher_stop: CancellationToken,
     tasks: TaskTracker,
     sessions: TaskTracker,
 }
 
 impl Server {
-    /// Graceful shutdown: sessions close with 1001 after answering what they accepted,
-    /// publishers commit what is queued, workers finish their batch.
+    /// Graceful shutdown: `/readyz` answers `503 draining` at once, sessions close with 1001
+    /// after answering what they accepted (the listener keeps answering meanwhile), then
+    /// the listener stops, publishers commit what is queued, workers finish their batch.
     pub async fn shutdown(self) {
+        self.draining.cancel();
         self.stop.cancel();
         self.sessions.close();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.sessions.wait()).await;
+        self.http_stop.cancel();
         self.publisher_stop.cancel();
         self.tasks.close();
         if tokio::time::timeout(Duration::from_secs(10), self.tasks.wait())
@@ -419,7 +427,9 @@ pub async fn start_with_pages(
     .await?;
     store::migrate(&pool).await?;
 
+    let draining = CancellationToken::new();
     let stop = CancellationToken::new();
+    let http_stop = CancellationToken::new();
     // This process's gateway id (connection ids and `postgame.gateways`).
     let instance = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let publisher_stop = CancellationToken::new();
@@ -554,6 +564,7 @@ pub async fn start_with_pages(
             instance: instance.clone(),
             next_conn: AtomicU64::new(1),
             stop: stop.clone(),
+            draining: draining.clone(),
             sessions: sessions.clone(),
             expired: Arc::clone(&expired),
             metrics: metrics_handle(),
@@ -576,7 +587,7 @@ pub async fn start_with_pages(
             trusted_proxies: config.trusted_proxies.clone(),
         };
         tasks.spawn(
-            gateway::serve::serve(listener, router, limits, stop.clone())
+            gateway::serve::serve(listener, router, limits, http_stop.clone())
                 .instrument(tracing::info_span!("gateway", role = "gateway")),
         );
     }
@@ -588,7 +599,7 @@ pub async fn start_with_pages(
             .with_context(|| format!("cannot listen on {at} for metrics"))?;
         metrics_addr = Some(listener.local_addr()?);
         let router = gateway::http::metrics_router(metrics_handle());
-        let serve_stop = stop.clone();
+        let serve_stop = http_stop.clone();
         tasks.spawn(async move {
             let r = axum::serve(listener, router)
                 .with_graceful_shutdown(serve_stop.cancelled_owned())
@@ -614,7 +625,9 @@ pub async fn start_with_pages(
         addr,
         metrics_addr,
         pool,
+        draining,
         stop,
+        http_stop,
         publisher_stop,
         tasks,
         sessions,

@@ -123,7 +123,12 @@ pub async fn healthz() -> &'static str {
 /// would otherwise wait its 10 s acquire timeout).
 pub const READYZ_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(800);
 
+/// `GET /readyz`: `503 draining` as soon as a graceful shutdown began (without asking the
+/// database), otherwise whether the database answers with every migration applied.
 pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
+    if app.draining.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+    }
     let check = crate::store::migrations_current(&app.pool);
     match tokio::time::timeout(READYZ_TIMEOUT, check).await {
         Ok(Ok(true)) => (StatusCode::OK, "ready").into_response(),

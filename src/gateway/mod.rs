@@ -79,6 +79,10 @@ pub struct AppState {
     pub next_conn: AtomicU64,
     /// Cancelled at shutdown: sessions close with 1001.
     pub stop: CancellationToken,
+    /// Cancelled first at shutdown, before anything stops: `/readyz` answers `503 draining`
+    /// from then on, while the listener still accepts and in-flight work finishes, so a
+    /// load balancer takes this gateway out before its connections go.
+    pub draining: CancellationToken,
     pub sessions: tokio_util::task::TaskTracker,
     /// Bumped when this gateway finds it was declared dead: every session closes with 1011
     /// ([`crate::presence::Liveness`]).

@@ -279,11 +279,14 @@ pub async fn run<S, R, E>(
     let idle = app.config.heartbeat * 2;
     let mut deadline = Instant::now() + idle;
     let mut expired = app.expired.subscribe();
+    let mut shutting_down = false;
     loop {
         tokio::select! {
             biased;
             _ = app.stop.cancelled() => {
-                s.closer.close(close::GOING_AWAY, "server shutting down");
+                // Closed with 1001 once the replies below are queued: closing now would
+                // let the writer send the close before them.
+                shutting_down = true;
                 break;
             }
             Ok(()) = expired.changed() => {
@@ -348,6 +351,9 @@ pub async fn run<S, R, E>(
     while let Ok(Some(reply)) = tokio::time::timeout(Duration::from_secs(5), s.pending.next()).await
     {
         s.outbox.push(reply.into());
+    }
+    if shutting_down {
+        s.closer.close(close::GOING_AWAY, "server shutting down");
     }
     let subs: Vec<String> = s.subs.drain().collect();
     for channel in subs {

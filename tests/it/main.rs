@@ -14,6 +14,7 @@ mod bench_ticks;
 mod capabilities;
 mod clock;
 mod concurrency;
+mod draining;
 mod edge_input;
 mod edge_limits;
 mod edge_safe;

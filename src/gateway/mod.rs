@@ -186,34 +186,64 @@ async fn method_not_allowed() -> Response {
     (axum::http::StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
 }
 
+/// The OpenAPI 3.1 document of the HTTP API, served at `/v1/openapi.json`. Written by hand
+/// and checked against [`api_routes`] by the tests (every route documented, every
+/// documented route served).
+pub const OPENAPI_JSON: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    use axum::response::IntoResponse;
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI_JSON,
+    )
+        .into_response()
+}
+
+/// Every route of the HTTP API (path, handlers), the one list the router is built from and
+/// the OpenAPI test reads ([`api_paths`]). Browser files are not in it.
+fn api_routes() -> Vec<(&'static str, axum::routing::MethodRouter<Arc<AppState>>)> {
+    vec![
+        ("/v1/ws", get(ws_handler)),
+        ("/v1/tokens", post(http::token_create)),
+        (
+            "/v1/matches",
+            post(http::match_create_handler).get(http::match_list_handler),
+        ),
+        ("/v1/matches/{id}", get(http::match_get_handler)),
+        ("/v1/matchmaker", post(matchmaker::ticket_create_handler)),
+        (
+            "/v1/matchmaker/{ticket}",
+            get(matchmaker::ticket_get_handler).delete(matchmaker::ticket_cancel_handler),
+        ),
+        (
+            "/v1/channels/{channel}/messages",
+            post(http::channel_publish_handler),
+        ),
+        (
+            "/v1/channels/{channel}/history",
+            get(http::channel_history_handler),
+        ),
+        ("/v1/openapi.json", get(openapi)),
+        ("/healthz", get(http::healthz)),
+        ("/readyz", get(http::readyz)),
+        ("/metrics", get(http::metrics)),
+    ]
+}
+
+/// The paths of [`api_routes`], in the router's `{param}` syntax (which is OpenAPI's).
+pub fn api_paths() -> Vec<&'static str> {
+    api_routes().into_iter().map(|(path, _)| path).collect()
+}
+
 /// The gateway's routes: the API, the built-in browser files, and the application's
 /// `pages` (which replace a built-in file at the same path).
 pub fn router(app: Arc<AppState>, pages: &web::Pages) -> Router {
     let body_limit = app.config.max_frame_bytes;
-    let mut router = Router::new()
-        .route("/v1/ws", get(ws_handler))
-        .route("/v1/tokens", post(http::token_create))
-        .route(
-            "/v1/matches",
-            post(http::match_create_handler).get(http::match_list_handler),
-        )
-        .route("/v1/matches/{id}", get(http::match_get_handler))
-        .route("/v1/matchmaker", post(matchmaker::ticket_create_handler))
-        .route(
-            "/v1/matchmaker/{ticket}",
-            get(matchmaker::ticket_get_handler).delete(matchmaker::ticket_cancel_handler),
-        )
-        .route(
-            "/v1/channels/{channel}/messages",
-            post(http::channel_publish_handler),
-        )
-        .route(
-            "/v1/channels/{channel}/history",
-            get(http::channel_history_handler),
-        )
-        .route("/healthz", get(http::healthz))
-        .route("/readyz", get(http::readyz))
-        .route("/metrics", get(http::metrics));
+    let mut router = Router::new();
+    for (path, handler) in api_routes() {
+        router = router.route(path, handler);
+    }
     let builtin: [(&str, axum::routing::MethodRouter<Arc<AppState>>); 8] = [
         ("/", get(web::index)),
         ("/postgame.js", get(web::postgame_js)),

@@ -29,6 +29,7 @@ mod listing;
 mod lobby;
 mod logs;
 mod matchmaker;
+mod openapi;
 mod outage;
 mod presence;
 mod resilience;

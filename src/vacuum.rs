@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 /// The tables vacuumed, hottest first.
 pub const TABLES: &str = "postgame.control, postgame.control_heads, postgame.control_holds, \
-     postgame.presence, postgame.sessions, postgame.mm_tickets, postgame.matches";
+     postgame.publish_batches, postgame.presence, postgame.sessions, postgame.mm_tickets, postgame.matches";
 
 /// The advisory lock held (at session level, on one connection) while vacuuming.
 const LOCK: (i32, i32) = (7476904, 1);

@@ -1,5 +1,6 @@
 //! Retention: deletes log messages and latest values older than the retention, idempotency keys older than
-//! 48 h (the contract promises at least 24 h), dead letters older than 7 days, and channel
+//! 48 h (the contract promises at least 24 h), publish batch rows older than 10 minutes
+//! (they only prove a commit for the seconds after it), dead letters older than 7 days, and channel
 //! rows idle for longer than all of these with nothing left in their log. Deletes go in
 //! bounded batches so a large backlog never holds long locks.
 
@@ -17,6 +18,7 @@ pub struct Pruned {
     pub messages: u64,
     pub latest: u64,
     pub keys: u64,
+    pub batches: u64,
     pub dead: u64,
     pub channels: u64,
 }
@@ -71,6 +73,20 @@ async fn publish_keys_prune(db: impl PgExecutor<'_>) -> sqlx::Result<u64> {
     Ok(r.rows_affected())
 }
 
+async fn publish_batches_prune(db: impl PgExecutor<'_>) -> sqlx::Result<u64> {
+    let r = sqlx::query!(
+        r#"
+        DELETE FROM postgame.publish_batches WHERE ctid = ANY(ARRAY(
+            SELECT ctid FROM postgame.publish_batches
+            WHERE created_at < now() - interval '10 minutes' LIMIT $1))
+        "#,
+        BATCH
+    )
+    .execute(db)
+    .await?;
+    Ok(r.rows_affected())
+}
+
 async fn control_dead_prune(db: impl PgExecutor<'_>) -> sqlx::Result<u64> {
     let r = sqlx::query!(
         r#"
@@ -113,12 +129,14 @@ pub async fn run_once(pool: &PgPool, retention: Duration) -> sqlx::Result<Pruned
             messages: messages_prune(pool, &keep).await?,
             latest: latest_prune(pool, &keep).await?,
             keys: publish_keys_prune(pool).await?,
+            batches: publish_batches_prune(pool).await?,
             dead: control_dead_prune(pool).await?,
             channels: channels_prune(pool, &keep).await?,
         };
         total.messages += p.messages;
         total.latest += p.latest;
         total.keys += p.keys;
+        total.batches += p.batches;
         total.dead += p.dead;
         total.channels += p.channels;
         if p == Pruned::default() {

@@ -411,17 +411,23 @@ fn test_commit_reply_lost(reqs: &[&PublishRequest]) -> bool {
     hit
 }
 
+/// How long [`commit_outcome`] keeps trying to reach PostgreSQL before the outcome of a
+/// COMMIT is given up as unknown.
+const OUTCOME_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Writes a batch (see `write_batch`) and commits it. A COMMIT that fails is never
-/// taken for a rollback: the transaction's id, recorded before, is looked up on another
-/// connection (`txid_status`). Committed: the batch's results stand. Aborted: nothing was
-/// written. Still unknown after a while: [`CommitError::Unknown`].
+/// taken for a rollback: the batch wrote a row of its own in `postgame.publish_batches`,
+/// and [`commit_outcome`] looks for it on another connection. Committed: the batch's
+/// results stand. Not committed: nothing was written. PostgreSQL unreachable for
+/// [`OUTCOME_PATIENCE`]: [`CommitError::Unknown`].
 pub async fn commit_batch_checked(
     pool: &PgPool,
     reqs: &[&PublishRequest],
     limits: &Limits,
 ) -> Result<Committed, CommitError> {
+    let batch = Uuid::new_v4();
     let mut tx = pool.begin().await?;
-    let (done, txid, pid) = write_batch(&mut tx, reqs, limits).await?;
+    let done = write_batch(&mut tx, batch, reqs, limits).await?;
     let mut result = tx.commit().await;
     if result.is_ok() && test_commit_reply_lost(reqs) {
         result = Err(sqlx::Error::Protocol(
@@ -431,9 +437,9 @@ pub async fn commit_batch_checked(
     let Err(e) = result else {
         return Ok(done);
     };
-    match commit_outcome(pool, txid, pid).await {
+    match commit_outcome(pool, batch).await {
         Some(true) => {
-            tracing::warn!(error = %e, txid, "the COMMIT failed on the wire but had committed");
+            tracing::warn!(error = %e, %batch, "the COMMIT failed on the wire but had committed");
             Ok(done)
         }
         Some(false) => Err(CommitError::Sql(e)),
@@ -441,46 +447,49 @@ pub async fn commit_batch_checked(
     }
 }
 
-/// Whether transaction `txid` committed (`None`: unknown). A transaction still in
-/// progress after 5 s (its backend has not noticed the lost connection) has its backend
-/// terminated, which settles it.
-async fn commit_outcome(pool: &PgPool, txid: i64, pid: i32) -> Option<bool> {
+/// Whether the publish batch `batch` committed (`None`: PostgreSQL could not be asked
+/// within [`OUTCOME_PATIENCE`]).
+///
+/// The batch's row in `postgame.publish_batches` is inserted again, then rolled back. If
+/// the batch's transaction is still running (its backend has not yet seen the COMMIT or
+/// the lost connection), the unique index makes the insert wait for it to end (at most a
+/// lease: an idle transaction is ended by `idle_in_transaction_session_timeout`). A
+/// conflict means the batch committed; an insert means it did not, and never will.
+///
+/// Not `txid_status`: after a crash of PostgreSQL, the xid of a transaction whose WAL was
+/// lost is handed out again, and `txid_status` reports its new owner's outcome (seen in
+/// chaos runs: a batch lost in the crash acknowledged because another transaction with
+/// its xid committed after the restart).
+async fn commit_outcome(pool: &PgPool, batch: Uuid) -> Option<bool> {
     let started = std::time::Instant::now();
-    let mut terminated = false;
     loop {
-        let status: Option<String> = match sqlx::query_scalar("SELECT txid_status($1)")
-            .bind(txid)
-            .fetch_one(pool)
-            .await
-        {
-            Ok(s) => s,
+        match publish_batch_fence(pool, batch).await {
+            Ok(inserted) => return Some(!inserted),
             Err(e) => {
-                tracing::warn!(error = %e, txid, "cannot learn the outcome of a commit");
-                if started.elapsed() > std::time::Duration::from_secs(10) {
+                tracing::warn!(error = %e, %batch, "cannot learn the outcome of a commit");
+                if started.elapsed() > OUTCOME_PATIENCE {
                     return None;
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                continue;
             }
-        };
-        match status.as_deref() {
-            Some("committed") => return Some(true),
-            Some("aborted") => return Some(false),
-            Some("in progress") => {
-                if started.elapsed() > std::time::Duration::from_secs(5) && !terminated {
-                    terminated = true;
-                    let _ = sqlx::query("SELECT pg_terminate_backend($1)")
-                        .bind(pid)
-                        .execute(pool)
-                        .await;
-                } else if started.elapsed() > std::time::Duration::from_secs(15) {
-                    return None;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-            _ => return None,
         }
     }
+}
+
+/// Inserts the row of publish batch `batch` in a transaction that is rolled back; true
+/// when it could be inserted (the batch did not commit). See [`commit_outcome`].
+async fn publish_batch_fence(pool: &PgPool, batch: Uuid) -> sqlx::Result<bool> {
+    let mut tx = pool.begin().await?;
+    let inserted = sqlx::query!(
+        "INSERT INTO postgame.publish_batches (id) VALUES ($1) ON CONFLICT DO NOTHING",
+        batch
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    // The answer is already known: a failed rollback ends the transaction all the same.
+    let _ = tx.rollback().await;
+    Ok(inserted == 1)
 }
 
 /// The first string of a publish Postgres could not store (a NUL character), if any.
@@ -515,13 +524,14 @@ fn limited(r: &PublishRequest) -> bool {
     r.client.is_some() && !r.name.starts_with('$')
 }
 
-/// Writes a batch of publishes in one transaction (not committed); returns the results,
-/// the transaction's id and its backend's pid.
+/// Writes a batch of publishes in one transaction (not committed), with its row `batch` in
+/// `postgame.publish_batches`; returns the results.
 async fn write_batch(
     conn: &mut PgConnection,
+    batch: Uuid,
     reqs: &[&PublishRequest],
     limits: &Limits,
-) -> sqlx::Result<(Committed, i64, i32)> {
+) -> sqlx::Result<Committed> {
     let bad: Vec<Option<String>> = reqs.iter().map(|r| invalid(r)).collect();
 
     // 1. Lock every target in one global order (matches, then channels, each sorted).
@@ -539,7 +549,7 @@ async fn write_batch(
     }
     let match_ids: Vec<Uuid> = match_ids.into_iter().collect();
     let log_channels: Vec<String> = log_channels.into_iter().collect();
-    let (existing, txid, pid) = publish_targets_lock(conn, &match_ids, &log_channels).await?;
+    let existing = publish_targets_lock(conn, batch, &match_ids, &log_channels).await?;
 
     // 2. Idempotency: keys seen in earlier transactions, and repeats inside this batch.
     let key_of = |r: &PublishRequest| -> Option<KeyId> {
@@ -681,15 +691,11 @@ async fn write_batch(
     if !new_keys.is_empty() {
         publish_keys_insert(conn, &new_keys).await?;
     }
-    Ok((
-        Committed {
-            results,
-            heads,
-            control_inserted: control_n > 0,
-        },
-        txid,
-        pid,
-    ))
+    Ok(Committed {
+        results,
+        heads,
+        control_inserted: control_n > 0,
+    })
 }
 
 /// Applies the per-client limits to the publishes `candidates` (indexes into `reqs`, in
@@ -798,30 +804,32 @@ async fn limits_apply(
     Ok(over)
 }
 
-/// Takes the publish locks (matches, then channels, each in sorted order: one global
-/// order, so publishers never deadlock) and returns which of the matches exist.
+/// Records the batch's row (see [`commit_outcome`]), takes the publish locks (matches,
+/// then channels, each in sorted order: one global order, so publishers never deadlock)
+/// and returns which of the matches exist.
 async fn publish_targets_lock(
     conn: &mut PgConnection,
+    batch: Uuid,
     match_ids: &[Uuid],
     channels: &[String],
-) -> sqlx::Result<(HashSet<Uuid>, i64, i32)> {
+) -> sqlx::Result<HashSet<Uuid>> {
     let row = sqlx::query!(
         r#"
+        WITH batch AS (INSERT INTO postgame.publish_batches (id) VALUES ($3))
         SELECT
           (SELECT bool_and(postgame.lock_enqueue(id))
              FROM (SELECT DISTINCT id FROM unnest($1::uuid[]) AS t(id) ORDER BY id) a) AS m,
           (SELECT bool_and(postgame.lock_channel_publish(c))
              FROM (SELECT DISTINCT c FROM unnest($2::text[]) AS t(c) ORDER BY c) b) AS c,
-          ARRAY(SELECT id FROM postgame.matches WHERE id = ANY($1)) AS "existing!",
-          txid_current() AS "txid!",
-          pg_backend_pid() AS "pid!"
+          ARRAY(SELECT id FROM postgame.matches WHERE id = ANY($1)) AS "existing!"
         "#,
         match_ids,
-        channels
+        channels,
+        batch
     )
     .fetch_one(conn)
     .await?;
-    Ok((row.existing.into_iter().collect(), row.txid, row.pid))
+    Ok(row.existing.into_iter().collect())
 }
 
 async fn publish_keys_find(

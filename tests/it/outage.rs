@@ -254,3 +254,164 @@ async fn a_postgres_outage_longer_than_the_presence_timeout_disconnects_no_one()
     drop(players);
     server.shutdown().await;
 }
+
+/// A publish batch whose COMMIT is cut by a crash of Postgres, before its WAL reached the
+/// disk: it is lost, and after the restart its xid is handed out again. The publisher
+/// must not take the xid's new owner's commit for its own (it used to ask `txid_status`:
+/// the lost publish was acknowledged, and the later publishes of its connection were
+/// committed ahead of it, as chaos runs found).
+#[tokio::test]
+async fn a_publish_lost_in_a_crash_during_its_commit_is_refused_and_not_overtaken() {
+    use postgame::broadcast::notify::Notifier;
+    use postgame::ids::{Channel, ClientId};
+    use postgame::queue::publisher::{Limits, PublishError, PublishRequest, Publisher};
+
+    let cluster = Arc::new(tokio::task::spawn_blocking(Cluster::start).await.unwrap());
+    let url = cluster.url("postgres");
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&url)
+        .await
+        .unwrap();
+    postgame::store::migrate(&pool).await.unwrap();
+    // No standby snapshots: the background writer's running-xacts record, every 15 s,
+    // gets the WAL written out (and the batch's xid kept) if it falls in the window.
+    for sql in [
+        "ALTER SYSTEM SET wal_level = minimal",
+        "ALTER SYSTEM SET max_wal_senders = 0",
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    let c = Arc::clone(&cluster);
+    tokio::task::spawn_blocking(move || {
+        c.crash();
+        c.resume();
+    })
+    .await
+    .unwrap();
+    let games = Registry::builtin();
+    let (m, _) = postgame::matches::match_create(
+        &pool,
+        games.get("tictactoe").unwrap().as_ref(),
+        &json!({}),
+    )
+    .await
+    .unwrap();
+    let control = format!("control:{}", m.id);
+    // A deferred trigger runs inside COMMIT: a message named `slow` makes its COMMIT sleep,
+    // after its rows were written (in WAL buffers only), so the crash can cut it there.
+    for sql in [
+        "CREATE FUNCTION public.slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.name = 'slow' THEN PERFORM pg_sleep(60); END IF; RETURN NULL; END $$",
+        "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON postgame.control
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.slow_commit()",
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+
+    let tracker = tokio_util::task::TaskTracker::new();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let publisher = Publisher::start(
+        pool.clone(),
+        Arc::new(Notifier::new()),
+        1,
+        Limits::NONE,
+        &tracker,
+        stop.clone(),
+    );
+    let req = |name: &str, n: i64| PublishRequest {
+        client: Some(ClientId::parse("alice").unwrap()),
+        channel: Channel::parse(&control).unwrap(),
+        name: name.to_owned(),
+        data: json!({ "n": n }),
+        key: Some(format!("k{n}")),
+    };
+    // A first batch, committed: the pages the next one writes are then dirty already, so
+    // its WAL carries no full-page image that would fill (and get written out) a page.
+    assert!(publisher.publish(7, req("chat", 0)).await.is_ok());
+    // The next batch's WAL starts a fresh page, which nothing writes out before the crash.
+    sqlx::query("SELECT pg_switch_wal()")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let first = publisher.submit(7, req("slow", 1)).await;
+    let xid: i64 = loop {
+        let xid: Option<i64> = sqlx::query_scalar(
+            "SELECT backend_xid::text::int8 FROM pg_stat_activity
+             WHERE query = 'COMMIT' AND wait_event = 'PgSleep'",
+        )
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        if let Some(xid) = xid {
+            break xid;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // The connection's later publishes, in flight behind the first one.
+    let later = [
+        publisher.submit(7, req("chat", 2)).await,
+        publisher.submit(7, req("chat", 3)).await,
+    ];
+
+    let c = Arc::clone(&cluster);
+    tokio::task::spawn_blocking(move || c.crash())
+        .await
+        .unwrap();
+    let c = Arc::clone(&cluster);
+    tokio::task::spawn_blocking(move || c.resume())
+        .await
+        .unwrap();
+    // The scenario itself: the batch's WAL never reached the disk, so recovery ended with
+    // its xid not yet handed out (the end-of-recovery checkpoint records the next one).
+    let next: i64 = sqlx::query_scalar(
+        "SELECT split_part(next_xid, ':', 2)::int8 FROM pg_control_checkpoint()",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(
+        next <= xid,
+        "the batch's xid {xid} survived the crash (next xid {next}): nothing to test"
+    );
+    // Other transactions take xids until the lost batch's is handed out again (and
+    // committed), as a busy server's would.
+    while sqlx::query_scalar::<_, i64>("SELECT txid_current()")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        <= xid
+    {}
+
+    let first = first.await;
+    let mut results = vec![first];
+    for r in later {
+        results.push(r.await);
+    }
+    let stored: Vec<i64> = sqlx::query_scalar(
+        "SELECT (data->>'n')::int8 FROM postgame.control WHERE name <> 'chat' OR (data->>'n')::int8 > 0 ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let acked: Vec<i64> = (1..=3)
+        .filter(|n| results[(*n - 1) as usize].is_ok())
+        .collect();
+    assert!(
+        matches!(results[0], Err(PublishError::Internal)),
+        "the publish lost in the crash was answered {:?} (stored: {stored:?})",
+        results[0]
+    );
+    assert_eq!(
+        acked, stored,
+        "every acknowledged publish is stored, and only those: {results:?}"
+    );
+    assert!(
+        stored.is_empty(),
+        "a later publish of the connection was committed ahead of the refused one: {stored:?}"
+    );
+    stop.cancel();
+    tracker.close();
+    tracker.wait().await;
+    pool.close().await;
+}

@@ -291,6 +291,13 @@ impl App {
                 })
                 .await?;
             }
+            Command::DeadLetters(args) => {
+                let action = args.action;
+                on_database(args.db, |url| async move {
+                    crate::queue::dead::run(&url, &action).await
+                })
+                .await?;
+            }
             Command::Token(args) => {
                 println!("{}", token_mint(&args)?);
             }

@@ -66,6 +66,53 @@ pub enum Command {
     /// Print what the database knows about one match, as JSON: the match row, pending
     /// control messages, a hold after failures, dead letters, presence, latest broadcasts.
     Inspect(InspectArgs),
+    /// List, retry or drop dead letters: control messages whose handler kept failing
+    /// (`postgame.control_dead`). `retry` puts them back at the end of their match's queue.
+    #[command(name = "dead-letters")]
+    DeadLetters(DeadLettersArgs),
+}
+
+/// `postgame dead-letters`.
+#[derive(Debug, Clone, Args)]
+pub struct DeadLettersArgs {
+    #[command(subcommand)]
+    pub action: DeadLettersAction,
+
+    #[command(flatten)]
+    pub db: DatabaseConfig,
+}
+
+/// Which dead letters an action takes: by id, or every one of a match (not both).
+#[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = false)]
+pub struct DeadLetterSelection {
+    /// Dead-letter ids (their control message ids, as `list` shows them).
+    #[arg(value_name = "ID")]
+    pub ids: Vec<i64>,
+
+    /// Every dead letter of this match.
+    #[arg(long = "match", value_name = "MATCH_ID")]
+    pub match_id: Option<String>,
+}
+
+/// What `postgame dead-letters` does.
+#[derive(Debug, Clone, Subcommand)]
+pub enum DeadLettersAction {
+    /// Print dead letters as JSON, newest first, with the total count.
+    List {
+        /// Only this match's.
+        #[arg(long = "match", value_name = "MATCH_ID")]
+        match_id: Option<String>,
+
+        /// At most this many (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Put dead letters back in the control queue, at the end of their match's queue (new
+    /// ids, attempts reset), all or none; they are then applied like fresh messages.
+    Retry(DeadLetterSelection),
+    /// Delete dead letters for good, all or none.
+    Drop(DeadLetterSelection),
 }
 
 /// `postgame inspect`.

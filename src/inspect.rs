@@ -1,7 +1,8 @@
 //! `postgame inspect match ID`: everything the database knows about one match, as one JSON
 //! document an operator can read or pipe to `jq`: the match row (status, state, label,
 //! clock), its pending control messages, a hold after failures, its dead letters, who is
-//! present, and its latest broadcasts. It reads only, in one snapshot.
+//! present, and its latest broadcasts. It reads only, in one snapshot. When the match has
+//! dead letters, a line on stderr names `postgame dead-letters` (crate::queue::dead).
 
 use anyhow::Context;
 use serde_json::Value;
@@ -50,6 +51,16 @@ pub async fn run(database_url: &str, args: &crate::config::InspectWhat) -> anyho
     match report? {
         Some(doc) => {
             println!("{}", serde_json::to_string_pretty(&doc)?);
+            // On stderr, so stdout stays one JSON document for `jq`.
+            if doc["dead_letters"]
+                .as_array()
+                .is_some_and(|d| !d.is_empty())
+            {
+                eprintln!(
+                    "this match has dead letters: `postgame dead-letters retry --match {id}` \
+                     puts them back at the end of its queue, `… drop --match {id}` deletes them"
+                );
+            }
             Ok(())
         }
         None => anyhow::bail!("no match {id} in this database"),

@@ -7,6 +7,7 @@
 //! the match lock (`postgame.try_lock_match`), so they never apply a later message before
 //! an earlier one and never work on one match in two places.
 
+pub mod dead;
 pub mod publisher;
 
 use chrono::{DateTime, Utc};

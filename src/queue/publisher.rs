@@ -880,7 +880,7 @@ async fn publish_keys_insert(conn: &mut PgConnection, keys: &[(KeyId, i64)]) -> 
 
 /// Inserts control rows, allocating their ids in input order (the caller holds the
 /// enqueue locks of their matches), and returns the ids in input order.
-async fn control_insert(
+pub(crate) async fn control_insert(
     conn: &mut PgConnection,
     matches: &[Uuid],
     clients: &[Option<String>],

@@ -14,6 +14,7 @@ mod bench_ticks;
 mod capabilities;
 mod clock;
 mod concurrency;
+mod dead_letters;
 mod draining;
 mod edge_input;
 mod edge_limits;

@@ -32,7 +32,7 @@ use std::time::Duration;
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgExecutor, PgPool};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -370,7 +370,16 @@ async fn online_write(pool: &PgPool, gateway: &str, batch: &[OnlineChange]) -> s
 
 /// A session's presence changes, applied in order by a task of their own.
 pub struct Presence {
-    tx: mpsc::Sender<(MatchId, &'static str)>,
+    tx: mpsc::Sender<Change>,
+}
+
+/// One queued change, and who waits for its publish to be submitted.
+struct Change {
+    m: MatchId,
+    name: &'static str,
+    /// Told (or dropped) once the change's first attempt has handed its publish to the
+    /// publisher, or failed before it could.
+    submitted: Option<oneshot::Sender<()>>,
 }
 
 impl Presence {
@@ -383,13 +392,18 @@ impl Presence {
         connection: String,
         client: ClientId,
     ) -> Self {
-        let (tx, mut rx) = mpsc::channel::<(MatchId, &'static str)>(QUEUE);
+        let (tx, mut rx) = mpsc::channel::<Change>(QUEUE);
         tokio::spawn(async move {
-            while let Some((m, name)) = rx.recv().await {
+            while let Some(Change {
+                m,
+                name,
+                mut submitted,
+            }) = rx.recv().await
+            {
                 let started = tokio::time::Instant::now();
                 let mut pause = Duration::from_millis(100);
                 loop {
-                    match change(
+                    let result = change(
                         &pool,
                         &publisher,
                         &gateway,
@@ -398,9 +412,12 @@ impl Presence {
                         &client,
                         m,
                         name,
+                        &mut submitted,
                     )
-                    .await
-                    {
+                    .await;
+                    // Only the first attempt keeps the session waiting.
+                    submitted = None;
+                    match result {
                         Ok(()) => break,
                         Err(Some(e)) if started.elapsed() < RETRY_FOR => {
                             tracing::debug!(error = %e, "presence change failed; retrying");
@@ -422,7 +439,33 @@ impl Presence {
 
     /// Queues a change (`$connected` / `$disconnected`) for match `m`.
     pub async fn send(&self, m: MatchId, name: &'static str) {
-        let _ = self.tx.send((m, name)).await;
+        let _ = self
+            .tx
+            .send(Change {
+                m,
+                name,
+                submitted: None,
+            })
+            .await;
+    }
+
+    /// Queues a change and waits until its publish has been handed to the publisher (or
+    /// its first attempt failed): the connection's publishes submitted after this are
+    /// committed after it, so a `join` sent right after a subscription is applied after
+    /// that subscription's `$connected`.
+    pub async fn send_ordered(&self, m: MatchId, name: &'static str) {
+        let (submitted, done) = oneshot::channel();
+        let queued = self
+            .tx
+            .send(Change {
+                m,
+                name,
+                submitted: Some(submitted),
+            })
+            .await;
+        if queued.is_ok() {
+            let _ = done.await;
+        }
     }
 }
 
@@ -438,6 +481,7 @@ async fn change(
     client: &ClientId,
     m: MatchId,
     name: &'static str,
+    submitted: &mut Option<oneshot::Sender<()>>,
 ) -> Result<(), Option<String>> {
     let connected = name == PRESENCE_CONNECTED;
     if connected {
@@ -463,7 +507,11 @@ async fn change(
         data: json!({ "connection": connection }),
         key: None,
     };
-    match publisher.submit(conn, req).await.await {
+    let ack = publisher.submit(conn, req).await;
+    if let Some(s) = submitted.take() {
+        let _ = s.send(());
+    }
+    match ack.await {
         Ok(_) | Err(PublishError::MatchNotFound) => {}
         Err(PublishError::ShuttingDown) => return Err(None),
         Err(e) => return Err(Some(e.to_string())),

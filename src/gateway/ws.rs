@@ -534,7 +534,7 @@ impl Session {
         }
         self.subs.insert(name.to_owned());
         if let ChannelKind::Match(m) = channel.kind() {
-            self.presence.send(*m, PRESENCE_CONNECTED).await;
+            self.presence.send_ordered(*m, PRESENCE_CONNECTED).await;
         }
     }
 

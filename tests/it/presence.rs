@@ -163,3 +163,54 @@ async fn a_gateway_declared_dead_while_frozen_closes_its_connections_and_they_ar
     drop((x, o, gateway));
     app.shutdown().await;
 }
+
+/// A client that subscribes and at once sends `join` (without waiting for `subscribed`)
+/// has its `$connected` committed first: the session waits until the presence change is
+/// in the publisher before it reads the next frame. Before, the presence task's own
+/// write (its `postgame.presence` row) let the `join` overtake it, and the game showed the
+/// new player disconnected.
+#[tokio::test]
+async fn a_join_sent_right_after_subscribing_is_applied_after_its_connected() {
+    let (_db, opts) = TestDb::new().await;
+    let app = TestApp::spawn(opts).await;
+    let id = app
+        .create_match(&app.token("xena"), "tictactoe", json!({}))
+        .await;
+    // Record the queue's arrivals in order, and make the presence row's write slow, as a
+    // busy database would.
+    for sql in [
+        "CREATE TABLE public.arrivals (id int8, name text)",
+        "CREATE FUNCTION public.arrive() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN INSERT INTO public.arrivals VALUES (NEW.id, NEW.name); RETURN NULL; END $$",
+        "CREATE TRIGGER arrive AFTER INSERT ON postgame.control
+         FOR EACH ROW EXECUTE FUNCTION public.arrive()",
+        "CREATE FUNCTION public.slow_presence() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM pg_sleep(0.5); RETURN NEW; END $$",
+        "CREATE TRIGGER slow_presence BEFORE INSERT ON postgame.presence
+         FOR EACH ROW EXECUTE FUNCTION public.slow_presence()",
+    ] {
+        sqlx::query(sql).execute(&app.pool).await.unwrap();
+    }
+    let mut xena = app.ws(&app.token("xena")).await;
+    let control = format!("control:{id}");
+    xena.send(json!({"op": "subscribe", "id": 1, "channel": format!("match:{id}")}))
+        .await;
+    xena.send(json!({"op": "publish", "id": 2, "channel": control, "name": "join", "data": {}}))
+        .await;
+    assert_eq!(xena.reply(1).await["op"], "subscribed");
+    assert_eq!(xena.reply(2).await["op"], "ack");
+    app.wait_until("SELECT count(*) = 2 FROM public.arrivals")
+        .await;
+    let names: Vec<String> = sqlx::query_scalar("SELECT name FROM public.arrivals ORDER BY id")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(names, ["$connected", "join"], "the queue's order");
+    app.wait_until(&format!(
+        "SELECT NOT EXISTS (SELECT 1 FROM postgame.control)
+            AND view->'connected'->>'X' = 'true'
+         FROM postgame.matches WHERE id = '{id}'"
+    ))
+    .await;
+    app.shutdown().await;
+}

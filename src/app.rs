@@ -280,10 +280,14 @@ impl App {
                 .await?;
                 tracing::info!("migrations applied");
             }
-            Command::Bench(args) => crate::bench::run(args, &self.games).await?,
+            Command::Bench(args) => {
+                unless_interrupted(crate::bench::run(args, &self.games), shutdown).await?
+            }
             Command::Doctor(db) => return Ok(crate::doctor::run(db).await),
             Command::Cluster(args) => crate::embedded::command(args).await?,
-            Command::Chaos(args) => return crate::chaos::run(args).await,
+            Command::Chaos(args) => {
+                return unless_interrupted(crate::chaos::run(args), shutdown).await
+            }
             Command::Inspect(args) => {
                 let what = args.what;
                 on_database(args.db, |url| async move {
@@ -324,6 +328,23 @@ impl App {
             }
         }
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Runs `work` unless `shutdown` (SIGINT or SIGTERM) comes first. Then `work` is dropped,
+/// and with it everything it started: child processes are killed on drop
+/// (`kill_on_drop`), a private cluster is stopped by its `Drop`. Without this, `postgame
+/// chaos` or `bench churn` killed by a signal left their role processes and cluster
+/// running.
+async fn unless_interrupted<T>(
+    work: impl Future<Output = anyhow::Result<T>>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<T> {
+    tokio::select! {
+        r = work => r,
+        _ = shutdown => {
+            anyhow::bail!("interrupted (SIGINT or SIGTERM): its processes and cluster were stopped")
+        }
     }
 }
 

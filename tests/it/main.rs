@@ -12,6 +12,7 @@ mod app;
 mod bench;
 mod bench_ticks;
 mod capabilities;
+mod chaos;
 mod clock;
 mod concurrency;
 mod dead_letters;

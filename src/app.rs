@@ -11,7 +11,7 @@ use std::future::Future;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Cli, Command, Role, ServeConfig};
@@ -47,6 +47,9 @@ use crate::{setup, Server};
 pub struct App {
     games: Registry,
     pages: Pages,
+    /// What `--version` and `--help` call the program, and its version (default:
+    /// postgame's own).
+    identity: Option<(&'static str, &'static str)>,
 }
 
 impl Default for App {
@@ -83,6 +86,7 @@ impl App {
         Self {
             games: Registry::new().with(noop::Noop),
             pages: Pages::new(),
+            identity: None,
         }
     }
 
@@ -147,6 +151,40 @@ impl App {
         self
     }
 
+    /// The name and version the binary reports (`--version`, `--help`) instead of
+    /// postgame's: an application's own binary is its own program, usually
+    /// `.named(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"))`.
+    ///
+    /// ```
+    /// let app = postgame::App::new().named("mygame", "1.2.3");
+    /// assert_eq!(app.version_line(), "mygame 1.2.3");
+    /// ```
+    pub fn named(mut self, name: &'static str, version: &'static str) -> Self {
+        self.identity = Some((name, version));
+        self
+    }
+
+    /// What `--version` prints (without the line break): the program's name and version.
+    ///
+    /// ```
+    /// assert_eq!(
+    ///     postgame::App::new().version_line(),
+    ///     format!("postgame {}", env!("CARGO_PKG_VERSION")),
+    /// );
+    /// ```
+    pub fn version_line(&self) -> String {
+        self.clap_command().render_version().trim_end().to_owned()
+    }
+
+    /// The clap command of this application: postgame's, under the application's name.
+    fn clap_command(&self) -> clap::Command {
+        let command = Cli::command();
+        match self.identity {
+            Some((name, version)) => command.name(name).version(version),
+            None => command,
+        }
+    }
+
     /// The games this application serves.
     pub fn registry(&self) -> &Registry {
         &self.games
@@ -178,7 +216,11 @@ impl App {
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
-        let cli = match Cli::try_parse_from(args) {
+        let parsed = self
+            .clap_command()
+            .try_get_matches_from(args)
+            .and_then(|matches| Cli::from_arg_matches(&matches));
+        let cli = match parsed {
             Ok(cli) => cli,
             Err(e) => {
                 // --help and --version are "errors" that print to stdout and succeed.

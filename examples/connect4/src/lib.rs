@@ -43,7 +43,10 @@ pub const PAGE: &str = include_str!("../web/connect4.html");
 
 /// The `connect4` server: the built-in games, Connect Four and its page.
 pub fn app() -> App {
-    App::new().game(Connect4).page("/connect4", PAGE)
+    App::new()
+        .named(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"))
+        .game(Connect4)
+        .page("/connect4", PAGE)
 }
 
 /// The game, registered as [`NAME`].

@@ -366,6 +366,12 @@ pub struct SoakArgs {
     /// Seconds between samples of the queue tables' dead and live rows.
     #[arg(long, default_value_t = 10.0)]
     pub sample_every: f64,
+
+    /// Seconds between the workers' own `VACUUM` of the hot tables, as `serve
+    /// --vacuum-seconds` runs it (default the same, 60); 0 measures the queue with
+    /// autovacuum alone.
+    #[arg(long, default_value_t = 60.0)]
+    pub vacuum_seconds: f64,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -9,7 +9,7 @@
 //! - P producers enqueue `--rate` messages per second, one per transaction (the real
 //!   [`commit_batch`](crate::queue::publisher::commit_batch)), spread over M `noop`
 //!   matches, for `--duration` seconds; W workers run the real worker loop (as in
-//!   `bench queue`).
+//!   `bench queue`), and the VACUUM task a worker process runs every `--vacuum-seconds`.
 //! - From `--hold-from` for `--hold-for` seconds, a separate session sits in a
 //!   `REPEATABLE READ` transaction that has an xid, so vacuum can remove nothing newer.
 //! - Every `--sample-every` seconds it samples the dead and live rows and the size of the
@@ -131,6 +131,14 @@ async fn soak(
         sampling.clone(),
     ));
     let holder = tokio::spawn(hold(db_url.to_owned(), start, hold_from, hold_for));
+    // What a serving worker process does beside its workers (`serve --vacuum-seconds`).
+    let vacuum = (args.vacuum_seconds > 0.0).then(|| {
+        tokio::spawn(crate::vacuum::run(
+            pool.clone(),
+            Duration::from_secs_f64(args.vacuum_seconds.max(1.0)),
+            sampling.clone(),
+        ))
+    });
     let run = async {
         let enqueued = Arc::new(AtomicU64::new(0));
         let bar = Bar::new(show_progress, "applied", &counters.processed, total);
@@ -159,6 +167,9 @@ async fn soak(
         stamps.extend(w.await.context("worker task")?);
     }
     let samples = sampler.await.context("sampler task")??;
+    if let Some(vacuum) = vacuum {
+        vacuum.await.context("vacuum task")?;
+    }
     let held = holder.await.context("holder task")??;
     let sent = run?;
     let mismatches = database_check(pool, total).await?;
@@ -225,6 +236,7 @@ async fn soak(
             "producers": args.producers,
             "batch_size": args.batch_size,
             "batch_per_match": args.batch_per_match,
+            "vacuum_seconds": args.vacuum_seconds,
             "hold_from": hold_from,
             "hold_for": hold_for,
             "hold_xid": held,

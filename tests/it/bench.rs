@@ -173,6 +173,7 @@ async fn a_tiny_soak_holds_the_xmin_horizon_and_applies_every_message_once() {
         batch_size: 20,
         batch_per_match: 20,
         sample_every: 0.5,
+        vacuum_seconds: 1.0,
     };
     let report = bench::soak::run(&database_url(&opts), &args, false)
         .await

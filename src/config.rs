@@ -523,6 +523,20 @@ pub struct E2eArgs {
     /// Worker tasks of the in-process server.
     #[arg(long, default_value_t = 4)]
     pub workers: usize,
+
+    /// Run the roles as separate processes of this binary instead of in-process: 2
+    /// gateways, 3 workers (2 tasks each) and 2 tickers on the benchmark's database. The
+    /// two players of a match use different gateways; beside them, recording clients play
+    /// Tic Tac Toe (chat, stalls ended by the turn timer), Pong and hop between the
+    /// gateways; at the end every guarantee is checked and each violation counts as an
+    /// error (`--workers` does not apply).
+    #[arg(long)]
+    pub processes: bool,
+
+    /// The `postgame` binary the processes run (hidden: tests, whose own program is not
+    /// postgame, name it); this program when absent.
+    #[arg(long, hide = true)]
+    pub exe: Option<PathBuf>,
 }
 
 /// Where the database is: a URL the user set, or the default, or (when nothing answers at

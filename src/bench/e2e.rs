@@ -4,6 +4,13 @@
 //! `--rate`); finished games are rematched. Measured: moves per second, and the latency
 //! from sending the `publish` to the opponent receiving the `state` that shows the move:
 //! the whole loop (gateway commit, worker transaction, NOTIFY, log read, fan-out).
+//!
+//! `--processes` runs the roles as separate processes instead (the N × N × N deployment of
+//! [`crate::chaos::fleet`]: 2 gateways, 3 workers, 2 tickers): each match's players use
+//! different gateways, so every move crosses from one gateway through Postgres to the
+//! other; the fleet's recording clients (Tic Tac Toe with chat and turn timers, Pong,
+//! hopping between the gateways) play beside them, and at the end every guarantee is
+//! checked: each violation is an error of the report.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -74,9 +81,9 @@ struct Shared {
     errors: AtomicU64,
 }
 
-/// Plays one match until `stop`.
+/// Plays one match until `stop`; side `i` connects to `addrs[i]`.
 async fn play_pair(
-    addr: std::net::SocketAddr,
+    addrs: [std::net::SocketAddr; 2],
     match_id: String,
     names: [String; 2],
     pace: Option<Duration>,
@@ -88,7 +95,7 @@ async fn play_pair(
     let mut sinks = Vec::new();
     for (side, name) in names.iter().enumerate() {
         let token = auth.issue(name, None, None, chrono::Duration::hours(2)).0;
-        sinks.push(connect(addr, &token, side, tx.clone()).await?);
+        sinks.push(connect(addrs[side], &token, side, tx.clone()).await?);
     }
     drop(tx);
     let channel = format!("match:{match_id}");
@@ -198,7 +205,8 @@ async fn play_pair(
 }
 
 /// Runs the scenario against the database at `db_url`, serving `games` (which must hold
-/// `tictactoe`: the players play it).
+/// `tictactoe`: the players play it) in-process, or as separate processes of the stock
+/// binary with `--processes`.
 pub async fn run(
     db_url: &str,
     args: &E2eArgs,
@@ -208,11 +216,166 @@ pub async fn run(
     if args.players < 2 || args.players % 2 != 0 {
         bail!("--players must be an even number of at least 2");
     }
+    if args.processes {
+        return run_processes(db_url, args, show_progress).await;
+    }
     let mut config = ServeConfig::defaults(db_url).without_client_limits();
     config.secret = SECRET.into();
     config.workers = args.workers.max(1);
     let server = super::ServerThread::start(config, games.clone()).await?;
     let addr = server.addr.context("the gateway runs")?;
+    let played = play(&server.pool, [addr, addr], args, show_progress, games).await;
+    server.stop().await;
+    let played = played?;
+    let mut params = played.params(args);
+    params["workers"] = json!(args.workers);
+    Ok(played.report(params))
+}
+
+/// The N × N × N run: the fleet, this scenario's players across its gateways, then the
+/// fleet's checks.
+async fn run_processes(
+    db_url: &str,
+    args: &E2eArgs,
+    show_progress: bool,
+) -> anyhow::Result<Report> {
+    use crate::chaos::fleet::{self, Fleet, FleetConfig};
+    let dir = std::env::temp_dir().join(format!("postgame-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let exe = match &args.exe {
+        Some(e) => e.clone(),
+        None => std::env::current_exe().context("cannot find this program's path")?,
+    };
+    let fleet = Fleet::start(FleetConfig {
+        exe,
+        database_url: db_url.to_owned(),
+        log_dir: dir.clone(),
+        secret: SECRET.to_owned(),
+        lease_seconds: FLEET_LEASE_SECONDS,
+        presence_timeout_seconds: 3.0,
+        db_connections: FLEET_DB_CONNECTIONS,
+        tictactoe: FLEET_TICTACTOE,
+        turn_seconds: 2,
+        pong: FLEET_PONG,
+        seed: 0x5eed,
+        hop: Some(FLEET_HOP),
+    })
+    .await?;
+    let gateways = fleet.gateways();
+    let played = play(
+        &fleet.pool,
+        [gateways[0], gateways[1]],
+        args,
+        show_progress,
+        &Registry::builtin(),
+    )
+    .await;
+    let played = match played {
+        Ok(p) => p,
+        Err(e) => {
+            fleet.abort().await;
+            return Err(e);
+        }
+    };
+    if show_progress {
+        eprintln!("quiescing the fleet and checking every guarantee…");
+    }
+    let outcome = fleet.finish(&[]).await?;
+    if show_progress {
+        outcome.print_checks();
+    }
+    let violations = &outcome.findings.violations;
+    if violations.is_empty() {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        eprintln!("the processes' logs are kept in {}", dir.display());
+    }
+    let mut acks_by_gateway = [0u64; fleet::GATEWAYS];
+    for p in outcome.records.iter().flat_map(|r| r.publishes.iter()) {
+        if let Some(a) = &p.ack {
+            acks_by_gateway[a.gateway] += 1;
+        }
+    }
+    let hops: u32 = outcome
+        .records
+        .iter()
+        .filter_map(|r| r.dropped.get(crate::chaos::driver::HOPPED))
+        .sum();
+    let mut params = played.params(args);
+    params["processes"] = json!({
+        "gateways": fleet::GATEWAYS,
+        "workers": fleet::WORKERS,
+        "tickers": fleet::TICKERS,
+        "db_connections_each": FLEET_DB_CONNECTIONS,
+    });
+    params["checked"] = json!({
+        "clients": outcome.records.len(),
+        "connections": outcome.connections(),
+        "moves_between_gateways": hops,
+        "acks_by_gateway": acks_by_gateway,
+        "counts": outcome.findings.checked,
+        "violations": violations,
+    });
+    let mut report = played.report(params);
+    report.errors += violations.len() as u64 + u64::from(outcome.exits);
+    Ok(report)
+}
+
+/// The fleet's `--lease-seconds` under `--processes` (bounds the turn timers' lateness).
+const FLEET_LEASE_SECONDS: f64 = 2.0;
+/// `--db-connections` of each fleet process: 7 processes (each also with its LISTEN
+/// connection) stay near 40 connections of the server's.
+const FLEET_DB_CONNECTIONS: u32 = 4;
+/// The fleet's own recording Tic Tac Toe and Pong matches.
+const FLEET_TICTACTOE: usize = 4;
+const FLEET_PONG: usize = 2;
+/// Mean time between a fleet client's moves to the other gateway.
+const FLEET_HOP: Duration = Duration::from_secs(3);
+
+/// What the players measured.
+struct Played {
+    count: u64,
+    errors: u64,
+    elapsed: f64,
+    latency: Latency,
+    ack: Latency,
+}
+
+impl Played {
+    fn params(&self, args: &E2eArgs) -> Value {
+        json!({
+            "players": args.players,
+            "matches": args.players / 2,
+            "rate": args.rate,
+            "duration_s": args.duration,
+            "ack_latency_ms": self.ack,
+        })
+    }
+
+    fn report(&self, params: Value) -> Report {
+        Report {
+            scenario: "e2e",
+            throughput_per_s: self.count as f64 / self.elapsed,
+            unit: "moves",
+            count: self.count,
+            errors: self.errors,
+            elapsed_s: self.elapsed,
+            latency_ms: self.latency,
+            latency_of: "publish to the opponent receiving the state with the move",
+            params,
+        }
+    }
+}
+
+/// Creates the matches, plays them through `addrs` (side 0 through the first, side 1
+/// through the second) for `--duration` after a warm-up, and measures.
+async fn play(
+    pool: &sqlx::PgPool,
+    addrs: [std::net::SocketAddr; 2],
+    args: &E2eArgs,
+    show_progress: bool,
+    games: &Registry,
+) -> anyhow::Result<Played> {
     let game = games
         .get("tictactoe")
         .context("bench e2e plays tictactoe, which this binary does not serve")?;
@@ -220,7 +383,7 @@ pub async fn run(
     let mut ids = Vec::with_capacity(pairs);
     for _ in 0..pairs {
         let (info, _) = crate::matches::match_create(
-            &server.pool,
+            pool,
             game.as_ref(),
             &json!({"turn_seconds": 3600, "reconnect_seconds": 3600}),
         )
@@ -246,7 +409,7 @@ pub async fn run(
     for (i, id) in ids.into_iter().enumerate() {
         let names = [format!("bench-{i}-a"), format!("bench-{i}-b")];
         tasks.push(tokio::spawn(play_pair(
-            addr,
+            addrs,
             id,
             names,
             pace,
@@ -278,7 +441,6 @@ pub async fn run(
     if let Some(bar) = bar {
         let _ = bar.await;
     }
-    server.stop().await;
     let latency = shared
         .hist
         .lock()
@@ -289,22 +451,11 @@ pub async fn run(
         .lock()
         .map(|h| Latency::of(&h))
         .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
-    Ok(Report {
-        scenario: "e2e",
-        throughput_per_s: count as f64 / elapsed,
-        unit: "moves",
+    Ok(Played {
         count,
         errors: shared.errors.load(Ordering::Relaxed) + failures,
-        elapsed_s: elapsed,
-        latency_ms: latency,
-        latency_of: "publish to the opponent receiving the state with the move",
-        params: json!({
-            "players": args.players,
-            "matches": pairs,
-            "rate": args.rate,
-            "duration_s": args.duration,
-            "workers": args.workers,
-            "ack_latency_ms": ack,
-        }),
+        elapsed,
+        latency,
+        ack,
     })
 }

@@ -37,6 +37,8 @@ const WINDOW: usize = 4;
 const ACTION_EVERY: Duration = Duration::from_millis(250);
 /// Probability that a Tic Tac Toe player stalls on a turn (the turn timer then ends it).
 const STALL_PROBABILITY: f64 = 0.15;
+/// Why a connection was given up when its client moved to the other gateway on purpose.
+pub const HOPPED: &str = "moved to the other gateway";
 /// Pong matches played by the chaos clients: long enough to last, one player and the bot.
 pub const PONG_CONFIG: &str = r#"{"points_to_win": 21, "bot": true}"#;
 
@@ -135,6 +137,10 @@ pub struct Client {
     pub kind: Kind,
     pub match_id: String,
     pub seed: u64,
+    /// Mean time between moves to the other gateway (close, reconnect there, resubscribe
+    /// from the last seq, resend what is unacknowledged); `None`: only after a failure.
+    /// Probes stay on their gateway; nobody moves once the run quiesces.
+    pub hop: Option<Duration>,
     /// Leave (close the connection normally) when cancelled: the presence check.
     pub leave: CancellationToken,
     /// End and hand in the record when cancelled.
@@ -258,6 +264,13 @@ pub async fn run(client: Client, shared: Arc<Shared>) -> (Record, Option<Ws>) {
                 _ = actions.tick() => {
                     if shared.quiesce.is_cancelled() {
                         continue;
+                    }
+                    if let (Some(hop), false) = (client.hop, matches!(client.kind, Kind::Probe(_))) {
+                        let p = ACTION_EVERY.as_secs_f64() / hop.as_secs_f64().max(1e-3);
+                        if rng.gen_bool(p.min(1.0)) {
+                            why = Some(HOPPED.to_owned());
+                            continue;
+                        }
                     }
                     if client.kind == Kind::Pong && view.over {
                         // A new match against the bot, on a new connection that subscribes

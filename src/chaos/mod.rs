@@ -10,42 +10,35 @@
 //! nothing else draws from: `--seed` replays it. The clients' timing is not replayed (it
 //! depends on the machine), so a seed reproduces the faults, not the interleavings.
 //!
+//! - [`fleet`]: the deployment (processes and clients) and its end: quiesce, then check;
+//!   shared with `bench e2e --processes` and the N × N × N test.
 //! - [`supervisor`]: the role processes and the signals.
 //! - [`driver`]: the recording clients.
 //! - [`check`]: the guarantees, read from the records and the database.
 
 pub mod check;
 pub mod driver;
+pub mod fleet;
 pub mod supervisor;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::json;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::ChaosArgs;
 use crate::embedded::Cluster;
-use crate::game::Registry;
-use crate::gateway::auth::Auth;
-use driver::{Client, Kind, Record, Shared};
+use driver::{Kind, Record, Shared};
+use fleet::{Fleet, FleetConfig, Outcome};
 use supervisor::{Common, Supervisor};
 
 const SECRET: &str = "postgame-chaos-secret-not-for-production";
-const GATEWAYS: usize = 2;
-const WORKERS: usize = 3;
-const TICKERS: usize = 2;
-/// How long quiescing may take (every publish acked, the queue drained) before the run
-/// counts as stuck.
-const QUIESCE_LIMIT: Duration = Duration::from_secs(90);
+/// Database connections per process (7 processes share the private cluster's 100).
+const DB_CONNECTIONS: u32 = 6;
 /// Seconds after a fault in which the streams' stalls are attributed to it.
 const RECOVERY_WINDOW: f64 = 30.0;
 
@@ -140,193 +133,46 @@ async fn run_on(
     dir: &std::path::Path,
     cluster: &Cluster,
 ) -> anyhow::Result<bool> {
-    let url = cluster.url().to_owned();
-    crate::setup::database_ready(&url).await?;
-    let pool = crate::store::pool_connect(&url, 4, "postgame chaos").await?;
-    crate::store::migrate(&pool).await?;
-    let gateways: Vec<SocketAddr> = (0..GATEWAYS)
-        .map(|_| free_addr())
-        .collect::<anyhow::Result<_>>()?;
-    let common = Common {
+    let mut fleet = Fleet::start(FleetConfig {
         exe: std::env::current_exe().context("cannot find this program's path")?,
-        database_url: url.clone(),
+        database_url: cluster.url().to_owned(),
+        log_dir: dir.join("logs"),
         secret: SECRET.to_owned(),
         lease_seconds: args.lease_seconds,
         presence_timeout_seconds: args.presence_timeout_seconds,
-        log_dir: dir.join("logs"),
-    };
-    let mut sup = Supervisor::start(&common, &gateways, WORKERS, TICKERS).await?;
-    for addr in &gateways {
-        wait_listening(*addr).await?;
-    }
-
-    // The matches and their clients.
-    let games = Registry::builtin();
-    let ttt = games
-        .get(crate::game::tictactoe::NAME)
-        .context("tictactoe is built in")?;
-    let started = Instant::now();
-    let started_wall = chrono::Utc::now();
-    let shared = Arc::new(Shared {
-        started,
-        gateways: gateways.clone(),
-        pool: pool.clone(),
-        unacked: AtomicI64::new(0),
-        quiesce: CancellationToken::new(),
-    });
-    let auth = Auth::new(SECRET);
-    let mut clients = Vec::new();
-    let mut first_match = String::new();
-    for m in 0..args.tictactoe {
-        let config = json!({"turn_seconds": args.turn_seconds, "reconnect_seconds": 30});
-        let (info, _) = crate::matches::match_create(&pool, ttt.as_ref(), &config)
-            .await
-            .map_err(|e| anyhow::anyhow!("creating a match: {e}"))?;
-        let id = info.id.to_string();
-        if m == 0 {
-            first_match = id.clone();
-        }
-        for side in ["a", "b"] {
-            clients.push((format!("ttt-{m}-{side}"), Kind::TicTacToe, id.clone()));
-        }
-    }
-    for p in 0..args.pong {
-        let id = driver::new_pong_match(&shared)
-            .await
-            .context("creating a Pong match")?;
-        clients.push((format!("pong-{p}"), Kind::Pong, id));
-    }
-    for g in 0..GATEWAYS {
-        clients.push((
-            format!("probe-{}", g + 1),
-            Kind::Probe(g),
-            first_match.clone(),
-        ));
-    }
-    let stop = CancellationToken::new();
-    let mut handles = Vec::new();
-    for (i, (name, kind, match_id)) in clients.into_iter().enumerate() {
-        let token = auth.issue(&name, None, None, chrono::Duration::hours(24)).0;
-        let leave = CancellationToken::new();
-        let client = Client {
-            name,
-            token,
-            kind,
-            match_id,
-            seed: seed.wrapping_add(1 + i as u64),
-            leave: leave.clone(),
-            stop: stop.clone(),
-        };
-        let task = tokio::spawn(driver::run(client, Arc::clone(&shared)));
-        handles.push((leave, task));
-    }
+        db_connections: DB_CONNECTIONS,
+        tictactoe: args.tictactoe,
+        turn_seconds: args.turn_seconds,
+        pong: args.pong,
+        seed,
+        // The faults move the clients.
+        hop: None,
+    })
+    .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-
-    // Faults.
-    let faults = inject(args, seed, &mut sup, &common, cluster, &shared).await?;
+    let faults = match inject(
+        args,
+        seed,
+        &mut fleet.sup,
+        &fleet.common,
+        cluster,
+        &fleet.shared,
+    )
+    .await
+    {
+        Ok(f) => f,
+        Err(e) => {
+            fleet.abort().await;
+            return Err(e);
+        }
+    };
     println!(
         "faults done at {:.1} s; quiescing",
-        shared.started.elapsed().as_secs_f64()
+        fleet.shared.started.elapsed().as_secs_f64()
     );
-
-    // Quiesce: no new actions; every publish acknowledged; the queue drained.
-    shared.quiesce.cancel();
-    let mut stuck = Vec::new();
-    let deadline = Instant::now() + QUIESCE_LIMIT;
-    while shared.unacked.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    if shared.unacked.load(Ordering::Relaxed) > 0 {
-        stuck.push(format!(
-            "{} publishes still unacknowledged {} s after the faults",
-            shared.unacked.load(Ordering::Relaxed),
-            QUIESCE_LIMIT.as_secs()
-        ));
-    }
-    wait_drained(&pool, deadline).await;
-    // Let the last broadcasts (and turn timers) reach everyone.
-    tokio::time::sleep(Duration::from_secs_f64(
-        args.lease_seconds + f64::from(args.turn_seconds) + 2.0,
-    ))
-    .await;
-    wait_drained(&pool, Instant::now() + QUIESCE_LIMIT).await;
-    let restarted = sup.restart_exited(&common.exe)?;
-    if !restarted.is_empty() {
-        println!("exited on their own after the faults: {restarted:?}");
-    }
-
-    // Presence: every other client leaves; the others stay connected, their connections
-    // held open (answering pings) until the checks are done: the presence rows and the
-    // players' connected flags must then show exactly those connections.
-    let mut records: Vec<Record> = Vec::new();
-    let mut remaining = Vec::new();
-    for (i, (leave, task)) in handles.into_iter().enumerate() {
-        if i % 2 == 1 {
-            leave.cancel();
-            records.push(task.await.context("a client task panicked")?.0);
-        } else {
-            remaining.push(task);
-        }
-    }
-    tokio::time::sleep(Duration::from_secs_f64(args.presence_timeout_seconds + 2.0)).await;
-    wait_drained(&pool, Instant::now() + QUIESCE_LIMIT).await;
-    stop.cancel();
-    let close = CancellationToken::new();
-    let mut holds = Vec::new();
-    for task in remaining {
-        let (rec, ws) = task.await.context("a client task panicked")?;
-        if let Some(ws) = ws {
-            holds.push((
-                rec.name.clone(),
-                tokio::spawn(driver::hold(ws, close.clone())),
-            ));
-        }
-        records.push(rec);
-    }
-    let live: Vec<(String, String, String)> = records
-        .iter()
-        .filter_map(|r| r.live.clone().map(|(c, m)| (c, m, r.name.clone())))
-        .collect();
-    // The last connections' `$connected` may still be on their way (a session records
-    // presence after its `subscribed`): wait for the queue to drain and the rows to match,
-    // at most the presence timeout and a few heartbeats.
-    let settle = Instant::now();
-    let settled = settle_presence(&pool, &live, args.presence_timeout_seconds + 5.0).await;
-    let players: BTreeMap<String, String> = records
-        .iter()
-        .filter(|r| r.kind == Kind::TicTacToe)
-        .map(|r| (r.name.clone(), String::new()))
-        .collect();
-    let bounds = check::Bounds {
-        lease_seconds: args.lease_seconds,
-        started: started_wall,
-    };
-    let mut findings = check::run(&pool, &records, &faults, &bounds).await?;
-    check::presence(&pool, &live, &players, &mut findings).await?;
-    findings.count(
-        "presence: ms to settle after the clients stopped",
-        settle.elapsed().as_millis() as u64,
-    );
-    if !settled {
-        stuck.push("presence did not settle after the clients stopped".to_owned());
-    }
-    close.cancel();
-    for (name, hold) in holds {
-        if !hold.await.context("a holding task panicked")? {
-            stuck.push(format!(
-                "{name}: its live connection was closed by the gateway while presence was checked"
-            ));
-        }
-    }
-    for s in stuck {
-        findings.violations.insert(0, s);
-    }
-    let exits: u32 = sup.procs.iter().map(|p| p.unexpected_exits).sum();
-    sup.shutdown().await;
-    pool.close().await;
-
-    summary(args, seed, &faults, &records, &findings, exits);
-    Ok(findings.violations.is_empty())
+    let outcome = fleet.finish(&faults).await?;
+    summary(args, seed, &faults, &outcome);
+    Ok(outcome.findings.violations.is_empty())
 }
 
 /// Injects faults for `--duration` seconds; returns them.
@@ -404,62 +250,6 @@ async fn inject(
     Ok(faults)
 }
 
-/// Waits until the control queue is empty (or `deadline`).
-async fn wait_drained(pool: &sqlx::PgPool, deadline: Instant) {
-    while Instant::now() < deadline {
-        let left: Result<i64, _> = sqlx::query_scalar("SELECT count(*) FROM postgame.control")
-            .fetch_one(pool)
-            .await;
-        if matches!(left, Ok(0)) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Waits until the control queue is empty and `postgame.presence` holds exactly the `live`
-/// connections (for at most `limit` seconds); false when it never did.
-async fn settle_presence(
-    pool: &sqlx::PgPool,
-    live: &[(String, String, String)],
-    limit: f64,
-) -> bool {
-    let expected: std::collections::BTreeSet<(String, String, String)> =
-        live.iter().cloned().collect();
-    let deadline = Instant::now() + Duration::from_secs_f64(limit);
-    loop {
-        wait_drained(pool, deadline).await;
-        if let Ok(rows) = check::presence_rows(pool).await {
-            if rows == expected {
-                // A row is written just before its `$connected` is enqueued: give that
-                // publish time to commit, then let the workers apply it.
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                wait_drained(pool, deadline + Duration::from_secs(30)).await;
-                return true;
-            }
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn free_addr() -> anyhow::Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
-async fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        if Instant::now() > deadline {
-            bail!("the gateway on {addr} never listened (see its log)");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
-}
-
 /// Event times (seconds since the start) of the streams a fault can stall: acks through
 /// each gateway (the probes'), and each match's broadcasts as received.
 fn streams(records: &[Record]) -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
@@ -510,14 +300,9 @@ fn stall(events: &[f64], from: f64, window: f64) -> Option<f64> {
     Some(worst)
 }
 
-fn summary(
-    args: &ChaosArgs,
-    seed: u64,
-    faults: &[Fault],
-    records: &[Record],
-    findings: &check::Findings,
-    exits: u32,
-) {
+fn summary(args: &ChaosArgs, seed: u64, faults: &[Fault], outcome: &Outcome) {
+    let records = &outcome.records;
+    let exits = outcome.exits;
     let (acks, matches) = streams(records);
     println!();
     println!(
@@ -563,7 +348,7 @@ fn summary(
         );
     }
     println!("(a stall: the longest time without an ack through a gateway, or without a broadcast of a match, from the fault's start to the next fault)");
-    let connections: u32 = records.iter().map(|r| r.connections).sum();
+    let connections = outcome.connections();
     let resent: u32 = records
         .iter()
         .flat_map(|r| r.publishes.iter())
@@ -585,16 +370,8 @@ fn summary(
         }
     }
     println!("connections given up, by reason: {dropped:?}");
-    for (what, n) in &findings.checked {
-        println!("  {what}: {n}");
-    }
-    if findings.violations.is_empty() {
-        println!("OK: no violation");
-    } else {
-        println!("VIOLATIONS: {}", findings.violations.len());
-        for v in &findings.violations {
-            println!("  - {v}");
-        }
+    outcome.print_checks();
+    if !outcome.findings.violations.is_empty() {
         println!("replay the faults with --seed {seed}");
     }
 }

@@ -17,8 +17,6 @@ use tokio::process::{Child, Command};
 
 /// Worker tasks per worker process.
 const WORKER_TASKS: &str = "2";
-/// Database connections per process (7 processes share the private cluster's 100).
-const DB_CONNECTIONS: &str = "6";
 
 /// One role process.
 pub struct Proc {
@@ -40,6 +38,8 @@ pub struct Common {
     pub secret: String,
     pub lease_seconds: f64,
     pub presence_timeout_seconds: f64,
+    /// `--db-connections` of each process.
+    pub db_connections: u32,
     pub log_dir: PathBuf,
 }
 
@@ -71,7 +71,7 @@ impl Supervisor {
             "--statement-timeout-seconds".to_owned(),
             "10".to_owned(),
             "--db-connections".to_owned(),
-            DB_CONNECTIONS.to_owned(),
+            common.db_connections.to_string(),
             // Every client runs from this host, some publish fast: no per-client limits.
             "--client-publish-burst".to_owned(),
             "0".to_owned(),

@@ -14,6 +14,8 @@ async fn a_tiny_e2e_run_plays_moves_and_reports_latencies() {
         rate: None,
         duration: 1.0,
         workers: 2,
+        processes: false,
+        exe: None,
     };
     let report = bench::e2e::run(
         &database_url(&opts),

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Cluster {
     dir: PathBuf,
     pub port: u16,
+    max_connections: u32,
 }
 
 /// Runs a PostgreSQL program as `postgres` when we are root (initdb refuses root).
@@ -42,8 +43,13 @@ fn free_port() -> u16 {
 }
 
 impl Cluster {
-    /// Creates and starts a cluster.
+    /// Creates and starts a cluster (40 connections at most).
     pub fn start() -> Cluster {
+        Self::start_with(40)
+    }
+
+    /// Creates and starts a cluster that takes `max_connections`.
+    pub fn start_with(max_connections: u32) -> Cluster {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!(
             "postgame-cluster-{}-{}",
@@ -75,6 +81,7 @@ impl Cluster {
         let c = Cluster {
             dir,
             port: free_port(),
+            max_connections,
         };
         c.resume();
         c
@@ -87,9 +94,10 @@ impl Cluster {
     /// Starts the (stopped) cluster again, waiting until it accepts connections.
     pub fn resume(&self) {
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=40 -c fsync=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections={} -c fsync=off",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.max_connections
         );
         let data = self.dir.join("data");
         let log = self.dir.join("log");

@@ -34,6 +34,7 @@ mod matchmaker;
 mod openapi;
 mod outage;
 mod presence;
+mod processes;
 mod resilience;
 mod resume;
 mod robustness;

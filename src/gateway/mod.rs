@@ -187,7 +187,7 @@ async fn method_not_allowed() -> Response {
 }
 
 /// The OpenAPI 3.1 document of the HTTP API, served at `/v1/openapi.json`. Written by hand
-/// and checked against [`api_routes`] by the tests (every route documented, every
+/// and checked against `api_routes` by the tests (every route documented, every
 /// documented route served).
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");
 
@@ -231,7 +231,8 @@ fn api_routes() -> Vec<(&'static str, axum::routing::MethodRouter<Arc<AppState>>
     ]
 }
 
-/// The paths of [`api_routes`], in the router's `{param}` syntax (which is OpenAPI's).
+/// The paths of the API routes (`api_routes`), in the router's `{param}` syntax (which
+/// is OpenAPI's).
 pub fn api_paths() -> Vec<&'static str> {
     api_routes().into_iter().map(|(path, _)| path).collect()
 }

@@ -268,7 +268,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -292,12 +292,32 @@ pub use crate::game::{
 pub use crate::gateway::web::Pages;
 pub use crate::ids::{ClientId, MatchId};
 
+/// Buckets of every `*_seconds` histogram: 1 ms to 10 s, so one dashboard query reads
+/// any stage's latency across processes (`histogram_quantile` over summed buckets).
+const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Buckets of every `*_size` histogram (claim and publish batch sizes).
+const SIZE_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
 /// The process-wide Prometheus recorder (installed once, shared by every server in the
 /// process, e.g. in tests).
 fn metrics_handle() -> Option<PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
-        .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_size".into()), SIZE_BUCKETS)
+                })
+                .ok()?
+                .install_recorder()
+                .ok()
+        })
         .clone()
 }
 
@@ -407,6 +427,9 @@ pub async fn start_with_pages(
         secret_check(&config.secret, at)?;
     }
     setup::database_ready(&config.db.database_url).await?;
+    // Installed before any role starts, so what they record from their first moment (a
+    // counter set to zero at start) is not lost.
+    let metrics = metrics_handle();
     // Workers, publishers, the hub, the notifier and the listener all share this pool.
     let roles: Vec<&str> = [
         (Role::Gateway, "gateway"),
@@ -477,6 +500,7 @@ pub async fn start_with_pages(
                 stop.clone(),
             ));
         }
+        tasks.spawn(queue::run_gauges(pool.clone(), stop.clone()));
         // Expiry, disconnect drops and retention of matchmaker tickets.
         tasks.spawn(matchmaker::run_sweep(
             pool.clone(),
@@ -567,7 +591,7 @@ pub async fn start_with_pages(
             draining: draining.clone(),
             sessions: sessions.clone(),
             expired: Arc::clone(&expired),
-            metrics: metrics_handle(),
+            metrics: metrics.clone(),
         });
         addr = Some(listener.local_addr()?);
         // Registered before the first connection is accepted: a presence row of a gateway
@@ -598,7 +622,7 @@ pub async fn start_with_pages(
             .await
             .with_context(|| format!("cannot listen on {at} for metrics"))?;
         metrics_addr = Some(listener.local_addr()?);
-        let router = gateway::http::metrics_router(metrics_handle());
+        let router = gateway::http::metrics_router(metrics.clone());
         let serve_stop = http_stop.clone();
         tasks.spawn(async move {
             let r = axum::serve(listener, router)

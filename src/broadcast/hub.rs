@@ -35,23 +35,47 @@ use crate::ids::Seq;
 /// Rows read per channel per query.
 const READ_LIMIT: i64 = 500;
 
+/// A frame queued for a connection: its text and, for a log message delivered live, when
+/// it was written to the log (the writer records `postgame_fanout_lag_seconds` from it once
+/// the frame is on the socket; replies and replayed history carry none).
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub text: Utf8Bytes,
+    pub logged_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl From<Utf8Bytes> for Frame {
+    fn from(text: Utf8Bytes) -> Self {
+        Self {
+            text,
+            logged_at: None,
+        }
+    }
+}
+
+impl From<String> for Frame {
+    fn from(text: String) -> Self {
+        Utf8Bytes::from(text).into()
+    }
+}
+
 /// The sending side of one connection's bounded outbox.
 #[derive(Clone)]
 pub struct Outbox {
     pub conn: u64,
-    tx: mpsc::Sender<Utf8Bytes>,
+    tx: mpsc::Sender<Frame>,
     overflow: Arc<Notify>,
 }
 
 impl Outbox {
-    pub fn new(conn: u64, tx: mpsc::Sender<Utf8Bytes>, overflow: Arc<Notify>) -> Self {
+    pub fn new(conn: u64, tx: mpsc::Sender<Frame>, overflow: Arc<Notify>) -> Self {
         Self { conn, tx, overflow }
     }
 
     /// Waits for room for `n` frames (at most the outbox's capacity); `None` once the
     /// connection is gone. Replay uses this, so a resuming client is fed at its own pace
     /// instead of being cut off for reading slower than the database.
-    pub async fn reserve(&self, n: usize) -> Option<mpsc::PermitIterator<'_, Utf8Bytes>> {
+    pub async fn reserve(&self, n: usize) -> Option<mpsc::PermitIterator<'_, Frame>> {
         self.tx
             .reserve_many(n.min(self.tx.max_capacity()))
             .await
@@ -66,7 +90,7 @@ impl Outbox {
     /// Queues a frame without waiting. A full outbox means the client reads too slowly:
     /// the frame is not queued and the session is told to close the connection (4008),
     /// after which the client resumes from its last seq.
-    pub fn push(&self, frame: Utf8Bytes) -> bool {
+    pub fn push(&self, frame: Frame) -> bool {
         match self.tx.try_send(frame) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -243,7 +267,7 @@ impl Hub {
     ) -> bool {
         let conn = outbox.conn;
         let mut state = self.lock();
-        if !outbox.push(first) {
+        if !outbox.push(first.into()) {
             return false;
         }
         let new_entry = !state.channels.contains_key(channel);
@@ -253,7 +277,7 @@ impl Hub {
             .or_insert_with(|| Entry::new(db_head));
         // The latest values this gateway knows; newer ones reach the new subscriber live.
         for (_, frame) in entry.latest.values() {
-            if !outbox.push(frame.clone()) {
+            if !outbox.push(frame.clone().into()) {
                 return false;
             }
         }
@@ -340,7 +364,7 @@ impl Hub {
             if let Some(permits) = permits {
                 for (permit, (seq, frame)) in permits.zip(frames) {
                     if seq > sub.cursor {
-                        permit.send(frame);
+                        permit.send(frame.into());
                         sub.cursor = seq;
                     }
                 }
@@ -385,7 +409,10 @@ impl Hub {
                         continue;
                     }
                     entry.head = row.seq;
-                    let frame = message_frame(row);
+                    let frame = Frame {
+                        text: message_frame(row),
+                        logged_at: Some(row.ts),
+                    };
                     for (conn, sub) in entry.subs.iter_mut() {
                         if sub.catching_up || row.seq <= sub.cursor {
                             continue;
@@ -428,7 +455,9 @@ impl Hub {
                 .insert(v.name.clone(), (v.version, frame.clone()));
             // A full outbox closes the connection (4008), as for log messages; the client
             // resubscribes and gets the newest value again.
-            entry.subs.retain(|_, sub| sub.outbox.push(frame.clone()));
+            entry
+                .subs
+                .retain(|_, sub| sub.outbox.push(frame.clone().into()));
         }
     }
 

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use axum::extract::ws::{CloseFrame, Message};
 use chrono::{SecondsFormat, Utc};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -25,7 +25,7 @@ use super::frames::{self, Request};
 use super::limits::Bucket;
 use super::{prepare_publish, AppState};
 use crate::broadcast::channel_position;
-use crate::broadcast::hub::Outbox;
+use crate::broadcast::hub::{Frame, Outbox};
 use crate::game::{PRESENCE_CONNECTED, PRESENCE_DISCONNECTED};
 use crate::ids::{Channel, ChannelKind};
 use crate::matches::match_exists;
@@ -82,18 +82,22 @@ impl Closer {
 }
 
 /// Sends `first` and whatever else is queued (up to 256 frames) in one flush.
-async fn write_batch<S>(sink: &mut S, rx: &mut mpsc::Receiver<Utf8Bytes>, first: Utf8Bytes) -> bool
+async fn write_batch<S>(sink: &mut S, rx: &mut mpsc::Receiver<Frame>, first: Frame) -> bool
 where
     S: Sink<Message> + Unpin,
 {
-    if sink.feed(Message::Text(first)).await.is_err() {
+    // When the live log messages of this batch were logged (at most 257 entries).
+    let mut logged = Vec::new();
+    logged.extend(first.logged_at);
+    if sink.feed(Message::Text(first.text)).await.is_err() {
         return false;
     }
     let mut n = 0;
     while n < 256 {
         match rx.try_recv() {
             Ok(f) => {
-                if sink.feed(Message::Text(f)).await.is_err() {
+                logged.extend(f.logged_at);
+                if sink.feed(Message::Text(f.text)).await.is_err() {
                     return false;
                 }
                 n += 1;
@@ -101,7 +105,18 @@ where
             Err(_) => break,
         }
     }
-    sink.flush().await.is_ok()
+    if sink.flush().await.is_err() {
+        return false;
+    }
+    if !logged.is_empty() {
+        let now = chrono::Utc::now();
+        let lag = metrics::histogram!("postgame_fanout_lag_seconds");
+        for at in logged {
+            // Clocks of the database and this gateway may differ a little: never negative.
+            lag.record((now - at).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
+        }
+    }
+    true
 }
 
 /// Owns the sending half. Every write is bounded by `write_timeout`: a peer that stops
@@ -110,7 +125,7 @@ where
 /// released.
 async fn write_loop<S>(
     mut sink: S,
-    mut rx: mpsc::Receiver<Utf8Bytes>,
+    mut rx: mpsc::Receiver<Frame>,
     closer: Arc<Closer>,
     heartbeat: Duration,
     write_timeout: Duration,
@@ -149,7 +164,7 @@ async fn write_loop<S>(
     let (code, reason) = closer.take().unwrap_or((close::NORMAL, String::new()));
     let drain = async {
         while let Ok(f) = rx.try_recv() {
-            sink.feed(Message::Text(f)).await.map_err(|_| ())?;
+            sink.feed(Message::Text(f.text)).await.map_err(|_| ())?;
         }
         sink.send(Message::Close(Some(CloseFrame {
             code,
@@ -356,6 +371,7 @@ pub async fn run<S, R, E>(
         s.closer.close(close::GOING_AWAY, "server shutting down");
     }
     let subs: Vec<String> = s.subs.drain().collect();
+    metrics::gauge!("postgame_subscriptions").decrement(subs.len() as f64);
     for channel in subs {
         s.leave(&channel).await;
     }
@@ -443,6 +459,7 @@ impl Session {
             Request::Subscribe { channel, since } => self.subscribe(id, &channel, since).await,
             Request::Unsubscribe { channel } => {
                 if self.subs.remove(&channel) {
+                    metrics::gauge!("postgame_subscriptions").decrement(1.0);
                     self.leave(&channel).await;
                 }
                 self.reply(frames::unsubscribed(&id, &channel));
@@ -532,7 +549,9 @@ impl Session {
         {
             return;
         }
-        self.subs.insert(name.to_owned());
+        if self.subs.insert(name.to_owned()) {
+            metrics::gauge!("postgame_subscriptions").increment(1.0);
+        }
         if let ChannelKind::Match(m) = channel.kind() {
             self.presence.send_ordered(*m, PRESENCE_CONNECTED).await;
         }

@@ -10,9 +10,12 @@
 pub mod dead;
 pub mod publisher;
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// A claimed control message.
@@ -24,6 +27,8 @@ pub struct ControlRow {
     pub name: String,
     pub data: Value,
     pub attempts: i32,
+    /// When its publish committed (the database's clock, as `now`).
+    pub created_at: DateTime<Utc>,
     /// The database's clock at the claim (the same for every row of a batch).
     pub now: DateTime<Utc>,
 }
@@ -91,7 +96,8 @@ pub async fn control_claim(
     let rows = sqlx::query_as!(
         ControlRow,
         r#"
-        SELECT c.id, c.match_id, c.client_id, c.name, c.data, c.attempts, $4::timestamptz AS "now!"
+        SELECT c.id, c.match_id, c.client_id, c.name, c.data, c.attempts, c.created_at,
+               $4::timestamptz AS "now!"
         FROM postgame.control c
         WHERE c.id = ANY(ARRAY(
             SELECT p.id
@@ -217,4 +223,69 @@ pub async fn control_fail(
     .execute(conn)
     .await?;
     Ok(Failure::Retry { attempts })
+}
+
+/// How often a process with the worker role samples the queue gauges.
+pub const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The most rows the depth and dead-letter gauges count: past it they read this value (a
+/// count of a huge backlog every few seconds would be a load of its own).
+pub const GAUGE_COUNT_CAP: i64 = 100_000;
+
+/// The queue as the gauges show it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QueueGauges {
+    /// Pending control messages (at most [`GAUGE_COUNT_CAP`]).
+    pub depth: i64,
+    /// Age of the oldest pending message in seconds (0 when none is pending).
+    pub oldest_age_seconds: f64,
+    /// Dead letters (at most [`GAUGE_COUNT_CAP`]).
+    pub dead_letters: i64,
+}
+
+/// Reads the queue gauges in one statement. The oldest pending message is the oldest of
+/// the matches' heads (each head is its match's oldest pending row), found through the
+/// heads' index rather than by scanning the queue.
+pub async fn queue_gauges_read(pool: &PgPool) -> sqlx::Result<QueueGauges> {
+    let r = sqlx::query!(
+        r#"
+        SELECT
+          (SELECT count(*) FROM (SELECT 1 FROM postgame.control LIMIT $1) c) AS "depth!",
+          coalesce(extract(epoch FROM now() - (
+              SELECT c.created_at FROM postgame.control c
+              WHERE c.id = (SELECT min(h.head) FROM postgame.control_heads h)))::float8,
+            0) AS "oldest!",
+          (SELECT count(*) FROM (SELECT 1 FROM postgame.control_dead LIMIT $1) d) AS "dead!"
+        "#,
+        GAUGE_COUNT_CAP
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(QueueGauges {
+        depth: r.depth,
+        oldest_age_seconds: r.oldest.max(0.0),
+        dead_letters: r.dead,
+    })
+}
+
+/// Sets `postgame_queue_depth`, `postgame_queue_oldest_age_seconds` and
+/// `postgame_dead_letters` every [`GAUGE_INTERVAL`] until `stop` (one task per process
+/// with the worker role; every such process reports the same values).
+pub async fn run_gauges(pool: PgPool, stop: CancellationToken) {
+    let mut every = tokio::time::interval(GAUGE_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        match queue_gauges_read(&pool).await {
+            Ok(g) => {
+                metrics::gauge!("postgame_queue_depth").set(g.depth as f64);
+                metrics::gauge!("postgame_queue_oldest_age_seconds").set(g.oldest_age_seconds);
+                metrics::gauge!("postgame_dead_letters").set(g.dead_letters as f64);
+            }
+            Err(e) => tracing::debug!(error = %e, "sampling the queue gauges failed"),
+        }
+    }
 }

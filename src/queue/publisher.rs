@@ -127,6 +127,8 @@ impl Publisher {
         tracker: &TaskTracker,
         stop: CancellationToken,
     ) -> Self {
+        // At zero from the start, so `rate()` over it is defined before the first error.
+        metrics::counter!("postgame_publish_errors_total").increment(0);
         let mut senders = Vec::new();
         for _ in 0..shards.max(1) {
             let (tx, rx) = mpsc::channel(SHARD_QUEUE);
@@ -290,8 +292,11 @@ async fn commit_jobs(ctx: &Ctx, jobs: Vec<Job>, poison: &mut Poison) {
         return;
     }
     let reqs: Vec<&PublishRequest> = jobs.iter().map(|j| &j.req).collect();
+    let started = std::time::Instant::now();
     match commit_batch_checked(&ctx.pool, &reqs, &ctx.limits).await {
         Ok(done) => {
+            metrics::histogram!("postgame_publish_commit_seconds")
+                .record(started.elapsed().as_secs_f64());
             after_commit(&ctx.notifier, &done);
             for (job, result) in jobs.into_iter().zip(done.results) {
                 let _ = job.reply.send(result);

@@ -119,6 +119,7 @@ impl Worker {
 
     /// [`Worker::run_once`], also returning the ids of the rows it applied (committed).
     pub async fn run_once_applied(&self) -> sqlx::Result<(Outcome, Vec<i64>)> {
+        let started = std::time::Instant::now();
         let mut tx = self.pool.begin().await?;
         let claim =
             control_claim(&mut tx, self.config.batch_size, self.config.batch_per_match).await?;
@@ -132,6 +133,11 @@ impl Worker {
                 ..Outcome::default()
             };
             return Ok((outcome, Vec::new()));
+        }
+        let wait = metrics::histogram!("postgame_queue_wait_seconds");
+        for row in &rows {
+            let waited = (row.now - row.created_at).num_microseconds().unwrap_or(0);
+            wait.record(waited.max(0) as f64 / 1e6);
         }
         // Group by match, keeping id order inside each group.
         let mut order: Vec<Uuid> = Vec::new();
@@ -246,6 +252,7 @@ impl Worker {
         metrics::counter!("postgame_control_failed_total").increment(failures.len() as u64);
         metrics::counter!("postgame_control_dead_total").increment(dead);
         metrics::histogram!("postgame_worker_batch_size").record(rows.len() as f64);
+        metrics::histogram!("postgame_apply_seconds").record(started.elapsed().as_secs_f64());
         let outcome = Outcome {
             matches: claim.matches.len(),
             claimed: rows.len(),

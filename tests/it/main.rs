@@ -31,6 +31,7 @@ mod listing;
 mod lobby;
 mod logs;
 mod matchmaker;
+mod metrics;
 mod openapi;
 mod outage;
 mod presence;

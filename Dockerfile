@@ -12,8 +12,9 @@ COPY . .
 RUN SQLX_OFFLINE=true cargo build --release --locked
 
 FROM debian:bookworm-slim
+# curl: for compose.yaml's health checks (GET /readyz, /healthz).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
+    && apt-get install -y --no-install-recommends ca-certificates curl \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --no-create-home --shell /usr/sbin/nologin postgame
 COPY --from=builder /src/target/release/postgame /usr/local/bin/postgame

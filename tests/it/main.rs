@@ -16,6 +16,7 @@ mod chaos;
 mod clock;
 mod concurrency;
 mod dead_letters;
+mod deploy;
 mod draining;
 mod edge_input;
 mod edge_limits;

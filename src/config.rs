@@ -809,6 +809,13 @@ pub struct ServeConfig {
     /// server whose autovacuum is off or lags behind the queue's churn.
     #[arg(long, env = "POSTGAME_VACUUM_SECONDS", default_value_t = 60.0)]
     pub vacuum_seconds: f64,
+
+    /// Apply a control message in the gateway's publishing transaction when its match is
+    /// free (no worker holds it, nothing of it is queued before it): one commit per move
+    /// instead of two. Busy matches, backlogs and retries still go through the queue and
+    /// the workers. `--fast-apply false` turns it off.
+    #[arg(long, env = "POSTGAME_FAST_APPLY", default_value_t = false, action = clap::ArgAction::Set)]
+    pub fast_apply: bool,
 }
 
 impl ServeConfig {

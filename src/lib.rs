@@ -281,6 +281,7 @@ use crate::broadcast::{listen, prune};
 use crate::config::{Role, ServeConfig, DEV_SECRET};
 use crate::gateway::auth::Auth;
 use crate::gateway::{AppState, GatewayConfig};
+use crate::queue::fast::FastApply;
 use crate::queue::publisher::Publisher;
 use crate::worker::{Worker, WorkerConfig};
 
@@ -465,18 +466,19 @@ pub async fn start_with_pages(
     let mut routes = listen::Routes::default();
     let mut addr = None;
 
+    let worker_config = WorkerConfig {
+        batch_size: config.batch_size.max(1),
+        batch_per_match: config.batch_per_match.max(1),
+        max_attempts: config.max_attempts.max(1),
+        poll_interval: config.poll_interval(),
+        handler_limit: crate::game::limit::DEFAULT_HANDLER_LIMIT,
+    };
     if config.runs(Role::Worker) {
         let worker = Worker::new(
             pool.clone(),
             games.clone(),
             Arc::clone(&notifier),
-            WorkerConfig {
-                batch_size: config.batch_size.max(1),
-                batch_per_match: config.batch_per_match.max(1),
-                max_attempts: config.max_attempts.max(1),
-                poll_interval: config.poll_interval(),
-                handler_limit: crate::game::limit::DEFAULT_HANDLER_LIMIT,
-            },
+            worker_config.clone(),
         );
         for _ in 0..config.workers {
             tasks.spawn(
@@ -542,11 +544,14 @@ pub async fn start_with_pages(
         notifier.attach_hub(&hub);
         tasks.spawn(Arc::clone(&hub).run(config.poll_interval(), stop.clone()));
         routes.hub = Some(Arc::clone(&hub));
-        let publisher = Publisher::start(
+        let publisher = Publisher::start_with(
             pool.clone(),
             Arc::clone(&notifier),
             2,
             config.limits(),
+            config
+                .fast_apply
+                .then(|| FastApply::new(games.clone(), worker_config.clone())),
             &tasks,
             publisher_stop.clone(),
         );

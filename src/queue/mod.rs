@@ -8,6 +8,7 @@
 //! an earlier one and never work on one match in two places.
 
 pub mod dead;
+pub mod fast;
 pub mod publisher;
 
 use std::time::Duration;
@@ -93,6 +94,19 @@ pub async fn control_claim(
     };
     let (matches, starts): (Vec<Uuid>, Vec<i64>) =
         heads.into_iter().map(|h| (h.match_id, h.head)).unzip();
+    control_claim_rows(conn, matches, &starts, limit, per_match, now).await
+}
+
+/// The rows of a claim: of the matches whose heads (`starts`) the caller holds, up to
+/// `per_match` rows each in id order, at most `limit` in all, locked (`FOR UPDATE`).
+async fn control_claim_rows(
+    conn: &mut PgConnection,
+    matches: Vec<Uuid>,
+    starts: &[i64],
+    limit: i64,
+    per_match: i64,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Claim> {
     let rows = sqlx::query_as!(
         ControlRow,
         r#"
@@ -120,11 +134,72 @@ pub async fn control_claim(
         per_match.max(1),
         limit,
         now,
-        &starts
+        starts
     )
     .fetch_all(&mut *conn)
     .await?;
     Ok(Claim { rows, matches, now })
+}
+
+/// Longest a publisher's transaction waits for a row lock while it applies its own
+/// control messages inline ([`publisher`]'s fast apply): past it the statement fails and
+/// the batch is written again without the fast apply, so a publisher holding enqueue locks
+/// never waits long for a worker or a ticker (and never takes part in a deadlock long
+/// enough for PostgreSQL's detector, which would pick a victim after `deadlock_timeout`).
+pub const FAST_LOCK_TIMEOUT_MS: i64 = 200;
+
+/// The claim of the fast apply, in the transaction that has just inserted control rows
+/// and still holds their matches' enqueue locks: for each `(match, first id)` (the match's
+/// oldest row inserted by this transaction), the match's head is claimed exactly as
+/// [`control_claim`] claims it (`FOR UPDATE SKIP LOCKED`, no retry hold, the match lock
+/// taken with `try`, never waited for), but only when the head is that first id: the match
+/// has no earlier message still in the queue, so applying this transaction's rows now
+/// cannot overtake one. Then up to `per_match` of its rows each, at most `limit` in all.
+/// A match whose head or lock is held elsewhere, or that has earlier rows or a hold, is
+/// left out: its rows stay in the queue for a worker.
+///
+/// Also sets this transaction's `lock_timeout` to [`FAST_LOCK_TIMEOUT_MS`].
+pub async fn control_claim_fresh(
+    conn: &mut PgConnection,
+    firsts: &[(Uuid, i64)],
+    limit: i64,
+    per_match: i64,
+) -> sqlx::Result<Claim> {
+    let (ms, ids): (Vec<Uuid>, Vec<i64>) = firsts.iter().copied().unzip();
+    let heads = sqlx::query!(
+        r#"
+        WITH cfg AS MATERIALIZED (
+            SELECT set_config('lock_timeout', $3::int8 || 'ms', true) AS v
+        ), heads AS MATERIALIZED (
+            SELECT h.match_id, h.head FROM postgame.control_heads h
+            JOIN unnest($1::uuid[], $2::int8[]) AS f(match_id, first)
+              ON f.match_id = h.match_id AND f.first = h.head
+            WHERE NOT EXISTS (
+                SELECT 1 FROM postgame.control_holds x
+                WHERE x.match_id = h.match_id AND x.until > now())
+            ORDER BY h.head
+            FOR UPDATE OF h SKIP LOCKED
+        )
+        SELECT match_id AS "match_id!", head AS "head!", now() AS "now!"
+        FROM heads, cfg
+        WHERE cfg.v IS NOT NULL AND postgame.try_lock_match(match_id)
+        ORDER BY head
+        "#,
+        &ms,
+        &ids,
+        FAST_LOCK_TIMEOUT_MS
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let Some(now) = heads.first().map(|h| h.now) else {
+        return Ok(Claim {
+            now: Utc::now(),
+            ..Claim::default()
+        });
+    };
+    let (matches, starts): (Vec<Uuid>, Vec<i64>) =
+        heads.into_iter().map(|h| (h.match_id, h.head)).unzip();
+    control_claim_rows(conn, matches, &starts, limit, per_match, now).await
 }
 
 /// Moves the heads of claimed matches to their oldest remaining message, or removes them

@@ -29,6 +29,7 @@ use uuid::Uuid;
 use crate::broadcast::notify::Notifier;
 use crate::broadcast::{log_append, NewMessage};
 use crate::ids::{Channel, ChannelKind, ClientId, Seq};
+use crate::queue::fast::{self, FastApply};
 
 /// Most publishes one transaction takes.
 const MAX_BATCH: usize = 256;
@@ -127,6 +128,20 @@ impl Publisher {
         tracker: &TaskTracker,
         stop: CancellationToken,
     ) -> Self {
+        Self::start_with(pool, notifier, shards, limits, None, tracker, stop)
+    }
+
+    /// [`Publisher::start`], applying control messages of free matches in the publishing
+    /// transaction when `fast` is given ([`crate::queue::fast`]).
+    pub fn start_with(
+        pool: PgPool,
+        notifier: Arc<Notifier>,
+        shards: usize,
+        limits: Limits,
+        fast: Option<FastApply>,
+        tracker: &TaskTracker,
+        stop: CancellationToken,
+    ) -> Self {
         // At zero from the start, so `rate()` over it is defined before the first error.
         metrics::counter!("postgame_publish_errors_total").increment(0);
         let mut senders = Vec::new();
@@ -142,6 +157,7 @@ impl Publisher {
                     pool: pool.clone(),
                     notifier: Arc::clone(&notifier),
                     limits,
+                    fast: fast.clone(),
                 },
                 rx,
                 tickets,
@@ -189,6 +205,8 @@ struct Ctx {
     pool: PgPool,
     notifier: Arc<Notifier>,
     limits: Limits,
+    /// The fast apply, when on.
+    fast: Option<FastApply>,
 }
 
 /// The refusal rule: once a publish of a connection is refused with `internal` (its batch
@@ -268,15 +286,16 @@ async fn shard_run(
             }
         }
         if !live.is_empty() {
-            commit_jobs(&ctx, live, &mut poison).await;
+            commit_jobs(&ctx, live, &mut poison, ctx.fast.as_ref()).await;
         }
     }
 }
 
 /// Commits `jobs`, splitting the batch in halves after a statement error so that only the
 /// culprit fails; a lost connection or an unknown outcome refuses them all (see
-/// [`commit_batch_checked`] and [`Poison`]).
-async fn commit_jobs(ctx: &Ctx, jobs: Vec<Job>, poison: &mut Poison) {
+/// [`commit_batch_checked`] and [`Poison`]). With `fast`, a statement error first writes
+/// the whole batch again without the fast apply.
+async fn commit_jobs(ctx: &Ctx, jobs: Vec<Job>, poison: &mut Poison, fast: Option<&FastApply>) {
     let jobs: Vec<Job> = jobs
         .into_iter()
         .filter_map(|job| {
@@ -293,7 +312,7 @@ async fn commit_jobs(ctx: &Ctx, jobs: Vec<Job>, poison: &mut Poison) {
     }
     let reqs: Vec<&PublishRequest> = jobs.iter().map(|j| &j.req).collect();
     let started = std::time::Instant::now();
-    match commit_batch_checked(&ctx.pool, &reqs, &ctx.limits).await {
+    match commit_batch_fast(&ctx.pool, &reqs, &ctx.limits, fast).await {
         Ok(done) => {
             metrics::histogram!("postgame_publish_commit_seconds")
                 .record(started.elapsed().as_secs_f64());
@@ -301,6 +320,14 @@ async fn commit_jobs(ctx: &Ctx, jobs: Vec<Job>, poison: &mut Poison) {
             for (job, result) in jobs.into_iter().zip(done.results) {
                 let _ = job.reply.send(result);
             }
+        }
+        Err(e) if fast.is_some() && is_statement_error(&e) => {
+            // Nothing was written. The fast apply is never a reason to fail a publish: a
+            // lock it waited for too long (`FAST_LOCK_TIMEOUT_MS`) or any other error of
+            // it, and the batch goes to the queue as it would without it.
+            tracing::info!(error = %e, n = jobs.len(), "fast apply failed; queueing the batch");
+            metrics::counter!("postgame_fast_apply_fallbacks_total").increment(1);
+            Box::pin(commit_jobs(ctx, jobs, poison, None)).await;
         }
         Err(e) if jobs.len() == 1 && is_data_error(&e) => {
             tracing::info!(error = %e, channel = %jobs[0].req.channel, "publish refused");
@@ -314,8 +341,8 @@ async fn commit_jobs(ctx: &Ctx, jobs: Vec<Job>, poison: &mut Poison) {
             tracing::warn!(error = %e, n = jobs.len(), "publish batch failed; retrying in halves");
             let mut jobs = jobs;
             let second = jobs.split_off(jobs.len() / 2);
-            Box::pin(commit_jobs(ctx, jobs, poison)).await;
-            Box::pin(commit_jobs(ctx, second, poison)).await;
+            Box::pin(commit_jobs(ctx, jobs, poison, None)).await;
+            Box::pin(commit_jobs(ctx, second, poison, None)).await;
         }
         Err(e) => {
             tracing::error!(error = %e, n = jobs.len(), "publish failed");
@@ -347,6 +374,8 @@ fn after_commit(notifier: &Notifier, done: &Committed) {
     if done.control_inserted {
         notifier.control_ready();
     }
+    done.inline.announce(notifier);
+    metrics::counter!("postgame_fast_applied_total").increment(done.inline.processed.len() as u64);
     notifier.heads(&done.heads);
     metrics::counter!("postgame_publishes_total").increment(done.results.len() as u64);
     metrics::histogram!("postgame_publish_batch_size").record(done.results.len() as f64);
@@ -356,7 +385,10 @@ fn after_commit(notifier: &Notifier, done: &Committed) {
 pub struct Committed {
     pub results: Vec<Result<Ack, PublishError>>,
     pub heads: Vec<(String, Seq)>,
+    /// Control rows were left in the queue for the workers.
     pub control_inserted: bool,
+    /// What the fast apply did in this transaction (nothing without it).
+    pub(crate) inline: crate::worker::Applied,
 }
 
 type KeyId = (String, String, String);
@@ -430,9 +462,24 @@ pub async fn commit_batch_checked(
     reqs: &[&PublishRequest],
     limits: &Limits,
 ) -> Result<Committed, CommitError> {
+    commit_batch_fast(pool, reqs, limits, None).await
+}
+
+/// [`commit_batch_checked`], with the fast apply ([`fast`]) before the COMMIT when given.
+pub(crate) async fn commit_batch_fast(
+    pool: &PgPool,
+    reqs: &[&PublishRequest],
+    limits: &Limits,
+    fast: Option<&FastApply>,
+) -> Result<Committed, CommitError> {
     let batch = Uuid::new_v4();
     let mut tx = pool.begin().await?;
-    let done = write_batch(&mut tx, batch, reqs, limits).await?;
+    let mut done = write_batch(&mut tx, batch, reqs, limits).await?;
+    if let Some(fast) = fast {
+        let inserted = fast::inserted_rows(reqs, &done.results);
+        done.inline = fast::fast_apply(&mut tx, &inserted, fast).await?;
+        done.control_inserted = done.inline.processed.len() < inserted.len();
+    }
     let mut result = tx.commit().await;
     if result.is_ok() && test_commit_reply_lost(reqs) {
         result = Err(sqlx::Error::Protocol(
@@ -700,6 +747,7 @@ async fn write_batch(
         results,
         heads,
         control_inserted: control_n > 0,
+        inline: Default::default(),
     })
 }
 

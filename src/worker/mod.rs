@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -24,9 +24,9 @@ use crate::claim_loop::{self, Backoff, Step};
 use crate::game::limit::run_limited;
 use crate::game::{Input, Registry, PRESENCE_CONNECTED, PRESENCE_DISCONNECTED};
 use crate::ids::{ClientId, MatchId};
-use crate::matches::{matches_load, BatchWrites};
+use crate::matches::{matches_load, BatchWrites, Written};
 use crate::queue::{
-    control_claim, control_delete, control_fail, control_heads_settle, control_holds_clear,
+    control_claim, control_delete, control_fail, control_heads_settle, control_holds_clear, Claim,
     ControlRow, Failure,
 };
 
@@ -123,143 +123,13 @@ impl Worker {
         let mut tx = self.pool.begin().await?;
         let claim =
             control_claim(&mut tx, self.config.batch_size, self.config.batch_per_match).await?;
-        let (rows, now) = (claim.rows, claim.now);
-        if rows.is_empty() {
-            // Heads whose rows were consumed meanwhile (or stale ones) are removed here.
-            control_heads_settle(&mut tx, &claim.matches).await?;
-            tx.commit().await?;
-            let outcome = Outcome {
-                matches: claim.matches.len(),
-                ..Outcome::default()
-            };
-            return Ok((outcome, Vec::new()));
-        }
-        let wait = metrics::histogram!("postgame_queue_wait_seconds");
-        for row in &rows {
-            let waited = (row.now - row.created_at).num_microseconds().unwrap_or(0);
-            wait.record(waited.max(0) as f64 / 1e6);
-        }
-        // Group by match, keeping id order inside each group.
-        let mut order: Vec<Uuid> = Vec::new();
-        let mut groups: HashMap<Uuid, Vec<ControlRow>> = HashMap::new();
-        for row in rows.iter() {
-            groups
-                .entry(row.match_id)
-                .or_insert_with(|| {
-                    order.push(row.match_id);
-                    Vec::new()
-                })
-                .push(row.clone());
-        }
-        let mut loaded: HashMap<Uuid, _> = matches_load(&mut tx, &order)
-            .await?
-            .into_iter()
-            .map(|m| (m.id, m))
-            .collect();
-
-        let mut writes = BatchWrites::default();
-        let mut processed: Vec<i64> = Vec::new();
-        let mut unheld: Vec<Uuid> = Vec::new();
-        let mut failures: Vec<(ControlRow, String)> = Vec::new();
-        // One job per match: its stored match, game and readable inputs; beside it, the
-        // match's error of its first unreadable input, if any.
-        let mut jobs = Vec::with_capacity(order.len());
-        let mut bad_inputs = Vec::with_capacity(order.len());
-        for match_id in &order {
-            let group = &groups[match_id];
-            // Rows of a deleted match are deleted with it (ON DELETE CASCADE).
-            let Some(m) = loaded.remove(match_id) else {
-                continue;
-            };
-            let Some(game) = self.games.get(&m.game) else {
-                failures.push((group[0].clone(), format!("unknown game {:?}", m.game)));
-                continue;
-            };
-            // Inputs up to the first one that cannot even be read.
-            let mut inputs = Vec::with_capacity(group.len());
-            let mut bad_input = None;
-            for row in group {
-                match input_of(row) {
-                    Ok(i) => inputs.push(i),
-                    Err(e) => {
-                        bad_input = Some(e);
-                        break;
-                    }
-                }
-            }
-            jobs.push((m, Arc::clone(game), inputs));
-            bad_inputs.push(bad_input);
-        }
-        // The handlers run on a thread of their own, each input within `handler_limit`
-        // ([`run_limited`]): an input that overruns it fails (retried after a hold, then
-        // dead-lettered), the inputs before it in its match are retried with it, the
-        // matches after it in the batch are left for the next claim (their rows stay; their
-        // locks go at this commit), and the stuck thread is abandoned.
-        let ids: Vec<Uuid> = jobs.iter().map(|(m, _, _)| m.id).collect();
-        let (ran, overrun) = run_limited(
-            jobs,
-            self.config.handler_limit,
-            move |(m, game, inputs), started| {
-                let applied =
-                    game.apply_reporting(MatchId(m.id), &m.config, &m.state, &inputs, now, started);
-                (m, inputs.len(), applied)
-            },
-        )
-        .await;
-        for ((m, inputs, applied), bad_input) in ran.into_iter().zip(bad_inputs) {
-            let group = &groups[&m.id];
-            let (n, error) = writes.record(&m, applied);
-            if n > 0 {
-                processed.extend(group[..n].iter().map(|r| r.id));
-                if group[0].attempts > 0 {
-                    unheld.push(m.id);
-                }
-            }
-            let error = error.or(if n == inputs { bad_input } else { None });
-            if let Some(error) = error {
-                failures.push((group[n].clone(), error));
-            }
-        }
-        if let Some(overrun) = overrun {
-            let row = &groups[&ids[overrun.job]][overrun.step];
-            let error = format!(
-                "the handler ran longer than the handler time limit ({:?})",
-                self.config.handler_limit
-            );
-            failures.push((row.clone(), error));
-        }
-
-        let written = writes.write(&mut tx).await?;
-        control_delete(&mut tx, &processed).await?;
-        control_holds_clear(&mut tx, &unheld).await?;
-        let mut dead = 0;
-        for (row, error) in &failures {
-            let f = control_fail(&mut tx, row, error, self.config.max_attempts).await?;
-            tracing::warn!(id = row.id, match_id = %row.match_id, ?f, error, "control message failed");
-            if f == Failure::Dead {
-                dead += 1;
-            }
-        }
-        control_heads_settle(&mut tx, &claim.matches).await?;
+        let applied = claim_apply(&mut tx, claim, &self.games, &self.config).await?;
         tx.commit().await?;
-
-        self.notifier.written(&written);
-        // Only a tick that appeared or moved earlier can be missed by a sleeping ticker.
-        if writes.tick_sooner {
-            self.notifier.tick_scheduled();
+        applied.announce(&self.notifier);
+        if applied.outcome.claimed > 0 {
+            metrics::histogram!("postgame_apply_seconds").record(started.elapsed().as_secs_f64());
         }
-        metrics::counter!("postgame_control_applied_total").increment(processed.len() as u64);
-        metrics::counter!("postgame_control_failed_total").increment(failures.len() as u64);
-        metrics::counter!("postgame_control_dead_total").increment(dead);
-        metrics::histogram!("postgame_worker_batch_size").record(rows.len() as f64);
-        metrics::histogram!("postgame_apply_seconds").record(started.elapsed().as_secs_f64());
-        let outcome = Outcome {
-            matches: claim.matches.len(),
-            claimed: rows.len(),
-            applied: processed.len(),
-            failed: failures.len(),
-        };
-        Ok((outcome, processed))
+        Ok((applied.outcome, applied.processed))
     }
 
     /// Runs batches until `stop`: straight on while there is work, otherwise sleeping until
@@ -303,4 +173,187 @@ impl Worker {
         })
         .await;
     }
+}
+
+/// What [`claim_apply`] did in its (uncommitted) transaction.
+#[derive(Debug, Default)]
+pub(crate) struct Applied {
+    pub outcome: Outcome,
+    /// The ids of the rows applied (deleted).
+    pub processed: Vec<i64>,
+    /// What to announce once committed.
+    pub written: Written,
+    /// A tick appeared or moved earlier.
+    pub tick_sooner: bool,
+    /// Inputs dead-lettered.
+    pub dead: u64,
+}
+
+impl Applied {
+    /// After the commit: wakes the fan-out (and the tickers when a tick came sooner) and
+    /// counts the work.
+    pub fn announce(&self, notifier: &Notifier) {
+        if self.outcome.claimed == 0 {
+            return;
+        }
+        notifier.written(&self.written);
+        // Only a tick that appeared or moved earlier can be missed by a sleeping ticker.
+        if self.tick_sooner {
+            notifier.tick_scheduled();
+        }
+        metrics::counter!("postgame_control_applied_total").increment(self.processed.len() as u64);
+        metrics::counter!("postgame_control_failed_total").increment(self.outcome.failed as u64);
+        metrics::counter!("postgame_control_dead_total").increment(self.dead);
+        metrics::histogram!("postgame_worker_batch_size").record(self.outcome.claimed as f64);
+    }
+}
+
+/// Applies what `claim` took, in the claiming transaction `tx` (not committed here): runs
+/// each match's messages through its game in id order (each input within the handler time
+/// limit), saves the new states, appends the outgoing messages to the log, deletes the
+/// processed rows, records failures (retry hold or dead letter) and settles the claimed
+/// heads. Shared by workers and by the publisher's fast apply
+/// ([`crate::queue::publisher`]), so a message has the same effect whichever path applies
+/// it.
+pub(crate) async fn claim_apply(
+    tx: &mut PgConnection,
+    claim: Claim,
+    games: &Registry,
+    config: &WorkerConfig,
+) -> sqlx::Result<Applied> {
+    let (rows, now) = (claim.rows, claim.now);
+    if rows.is_empty() {
+        // Heads whose rows were consumed meanwhile (or stale ones) are removed here.
+        control_heads_settle(tx, &claim.matches).await?;
+        return Ok(Applied {
+            outcome: Outcome {
+                matches: claim.matches.len(),
+                ..Outcome::default()
+            },
+            ..Applied::default()
+        });
+    }
+    // Commit to claim (zero on the fast apply, which claims in the inserting transaction).
+    let wait = metrics::histogram!("postgame_queue_wait_seconds");
+    for row in &rows {
+        let waited = (row.now - row.created_at).num_microseconds().unwrap_or(0);
+        wait.record(waited.max(0) as f64 / 1e6);
+    }
+    // Group by match, keeping id order inside each group.
+    let mut order: Vec<Uuid> = Vec::new();
+    let mut groups: HashMap<Uuid, Vec<ControlRow>> = HashMap::new();
+    for row in rows.iter() {
+        groups
+            .entry(row.match_id)
+            .or_insert_with(|| {
+                order.push(row.match_id);
+                Vec::new()
+            })
+            .push(row.clone());
+    }
+    let mut loaded: HashMap<Uuid, _> = matches_load(tx, &order)
+        .await?
+        .into_iter()
+        .map(|m| (m.id, m))
+        .collect();
+
+    let mut writes = BatchWrites::default();
+    let mut processed: Vec<i64> = Vec::new();
+    let mut unheld: Vec<Uuid> = Vec::new();
+    let mut failures: Vec<(ControlRow, String)> = Vec::new();
+    // One job per match: its stored match, game and readable inputs; beside it, the
+    // match's error of its first unreadable input, if any.
+    let mut jobs = Vec::with_capacity(order.len());
+    let mut bad_inputs = Vec::with_capacity(order.len());
+    for match_id in &order {
+        let group = &groups[match_id];
+        // Rows of a deleted match are deleted with it (ON DELETE CASCADE).
+        let Some(m) = loaded.remove(match_id) else {
+            continue;
+        };
+        let Some(game) = games.get(&m.game) else {
+            failures.push((group[0].clone(), format!("unknown game {:?}", m.game)));
+            continue;
+        };
+        // Inputs up to the first one that cannot even be read.
+        let mut inputs = Vec::with_capacity(group.len());
+        let mut bad_input = None;
+        for row in group {
+            match input_of(row) {
+                Ok(i) => inputs.push(i),
+                Err(e) => {
+                    bad_input = Some(e);
+                    break;
+                }
+            }
+        }
+        jobs.push((m, Arc::clone(game), inputs));
+        bad_inputs.push(bad_input);
+    }
+    // The handlers run on a thread of their own, each input within `handler_limit`
+    // ([`run_limited`]): an input that overruns it fails (retried after a hold, then
+    // dead-lettered), the inputs before it in its match are retried with it, the
+    // matches after it in the batch are left for the next claim (their rows stay; their
+    // locks go at this commit), and the stuck thread is abandoned.
+    let ids: Vec<Uuid> = jobs.iter().map(|(m, _, _)| m.id).collect();
+    let (ran, overrun) = run_limited(
+        jobs,
+        config.handler_limit,
+        move |(m, game, inputs), started| {
+            let applied =
+                game.apply_reporting(MatchId(m.id), &m.config, &m.state, &inputs, now, started);
+            (m, inputs.len(), applied)
+        },
+    )
+    .await;
+    for ((m, inputs, applied), bad_input) in ran.into_iter().zip(bad_inputs) {
+        let group = &groups[&m.id];
+        let (n, error) = writes.record(&m, applied);
+        if n > 0 {
+            processed.extend(group[..n].iter().map(|r| r.id));
+            if group[0].attempts > 0 {
+                unheld.push(m.id);
+            }
+        }
+        let error = error.or(if n == inputs { bad_input } else { None });
+        if let Some(error) = error {
+            failures.push((group[n].clone(), error));
+        }
+    }
+    if let Some(overrun) = overrun {
+        let row = &groups[&ids[overrun.job]][overrun.step];
+        let error = format!(
+            "the handler ran longer than the handler time limit ({:?})",
+            config.handler_limit
+        );
+        failures.push((row.clone(), error));
+    }
+
+    control_delete(tx, &processed).await?;
+    control_holds_clear(tx, &unheld).await?;
+    let mut dead = 0;
+    for (row, error) in &failures {
+        let f = control_fail(tx, row, error, config.max_attempts).await?;
+        tracing::warn!(id = row.id, match_id = %row.match_id, ?f, error, "control message failed");
+        if f == Failure::Dead {
+            dead += 1;
+        }
+    }
+    // Settled before the writes: settling may take enqueue locks (a match left without
+    // rows), and taking them before any channel row keeps one lock order with publishers,
+    // which take enqueue locks first and, with the fast apply, channel rows after them.
+    control_heads_settle(tx, &claim.matches).await?;
+    let written = writes.write(tx).await?;
+    Ok(Applied {
+        outcome: Outcome {
+            matches: claim.matches.len(),
+            claimed: rows.len(),
+            applied: processed.len(),
+            failed: failures.len(),
+        },
+        processed,
+        written,
+        tick_sooner: writes.tick_sooner,
+        dead,
+    })
 }

@@ -24,6 +24,7 @@ mod edge_safe;
 mod edge_sockets;
 mod edge_tokens;
 mod fairness;
+mod fast_apply;
 mod first_run;
 mod handler_limit;
 mod leases;

@@ -537,6 +537,10 @@ pub struct E2eArgs {
     /// postgame, name it); this program when absent.
     #[arg(long, hide = true)]
     pub exe: Option<PathBuf>,
+
+    /// The in-process server's `--fast-apply` (`true` or `false`); its default when absent.
+    #[arg(long, action = clap::ArgAction::Set)]
+    pub fast_apply: Option<bool>,
 }
 
 /// Where the database is: a URL the user set, or the default, or (when nothing answers at

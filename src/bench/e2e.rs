@@ -222,6 +222,10 @@ pub async fn run(
     let mut config = ServeConfig::defaults(db_url).without_client_limits();
     config.secret = SECRET.into();
     config.workers = args.workers.max(1);
+    if let Some(fast) = args.fast_apply {
+        config.fast_apply = fast;
+    }
+    let config_fast = config.fast_apply;
     let server = super::ServerThread::start(config, games.clone()).await?;
     let addr = server.addr.context("the gateway runs")?;
     let played = play(&server.pool, [addr, addr], args, show_progress, games).await;
@@ -229,6 +233,7 @@ pub async fn run(
     let played = played?;
     let mut params = played.params(args);
     params["workers"] = json!(args.workers);
+    params["fast_apply"] = json!(config_fast);
     Ok(played.report(params))
 }
 

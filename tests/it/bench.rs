@@ -16,6 +16,7 @@ async fn a_tiny_e2e_run_plays_moves_and_reports_latencies() {
         workers: 2,
         processes: false,
         exe: None,
+        fast_apply: Some(true),
     };
     let report = bench::e2e::run(
         &database_url(&opts),

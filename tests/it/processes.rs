@@ -23,6 +23,7 @@ async fn two_gateways_three_workers_and_two_tickers_as_processes_keep_every_guar
         workers: 1,
         processes: true,
         exe: Some(env!("CARGO_BIN_EXE_postgame").into()),
+        fast_apply: None,
     };
     let report = bench::e2e::run(
         &cluster.url("postgame"),

@@ -3,9 +3,9 @@
 //! (one WAL flush) instead of two in a row (the publisher's, then a worker's).
 //!
 //! The shape is unchanged: every control message is inserted into `postgame.control` and
-//! consumed by the claim workers use ([`crate::queue::control_claim_fresh`]: the match's
+//! consumed by the claim workers use (`queue::control_claim_fresh`: the match's
 //! head `FOR UPDATE SKIP LOCKED`, the match lock with `try`, the rows `FOR UPDATE`), then
-//! applied by the same code as a worker batch ([`crate::worker::claim_apply`]: the game
+//! applied by the same code as a worker batch (`worker::claim_apply`: the game
 //! within the handler time limit, the state saved, the broadcasts appended, the rows
 //! deleted or failed into a retry hold or the dead letters, the heads settled), all in the
 //! publishing transaction, before its one COMMIT; the ack still follows that COMMIT.

@@ -86,27 +86,26 @@ pub async fn control_claim(
     )
     .fetch_all(&mut *conn)
     .await?;
-    let Some(now) = heads.first().map(|h| h.now) else {
+    let heads = heads.into_iter().map(|h| (h.match_id, h.head, h.now));
+    control_claim_rows(conn, heads.collect(), limit, per_match).await
+}
+
+/// The rows of a claim: of the matches whose heads the caller holds (`(match, head, the
+/// database's clock)` in claim order), up to `per_match` rows each in id order, at most
+/// `limit` in all, locked (`FOR UPDATE`).
+async fn control_claim_rows(
+    conn: &mut PgConnection,
+    heads: Vec<(Uuid, i64, DateTime<Utc>)>,
+    limit: i64,
+    per_match: i64,
+) -> sqlx::Result<Claim> {
+    let Some(now) = heads.first().map(|h| h.2) else {
         return Ok(Claim {
             now: Utc::now(),
             ..Claim::default()
         });
     };
-    let (matches, starts): (Vec<Uuid>, Vec<i64>) =
-        heads.into_iter().map(|h| (h.match_id, h.head)).unzip();
-    control_claim_rows(conn, matches, &starts, limit, per_match, now).await
-}
-
-/// The rows of a claim: of the matches whose heads (`starts`) the caller holds, up to
-/// `per_match` rows each in id order, at most `limit` in all, locked (`FOR UPDATE`).
-async fn control_claim_rows(
-    conn: &mut PgConnection,
-    matches: Vec<Uuid>,
-    starts: &[i64],
-    limit: i64,
-    per_match: i64,
-    now: DateTime<Utc>,
-) -> sqlx::Result<Claim> {
+    let (matches, starts): (Vec<Uuid>, Vec<i64>) = heads.into_iter().map(|h| (h.0, h.1)).unzip();
     let rows = sqlx::query_as!(
         ControlRow,
         r#"
@@ -134,7 +133,7 @@ async fn control_claim_rows(
         per_match.max(1),
         limit,
         now,
-        starts
+        &starts
     )
     .fetch_all(&mut *conn)
     .await?;
@@ -191,15 +190,8 @@ pub async fn control_claim_fresh(
     )
     .fetch_all(&mut *conn)
     .await?;
-    let Some(now) = heads.first().map(|h| h.now) else {
-        return Ok(Claim {
-            now: Utc::now(),
-            ..Claim::default()
-        });
-    };
-    let (matches, starts): (Vec<Uuid>, Vec<i64>) =
-        heads.into_iter().map(|h| (h.match_id, h.head)).unzip();
-    control_claim_rows(conn, matches, &starts, limit, per_match, now).await
+    let heads = heads.into_iter().map(|h| (h.match_id, h.head, h.now));
+    control_claim_rows(conn, heads.collect(), limit, per_match).await
 }
 
 /// Moves the heads of claimed matches to their oldest remaining message, or removes them

@@ -8,11 +8,11 @@
 //! ack arrives, and a worker-only server is started afterwards to drain what was queued.
 
 use postgame::config::{Role, ServeConfig};
-use postgame::game::{Cx, Game, GameError, Input, Outgoing, Registry};
-use serde::{Deserialize, Serialize};
+use postgame::game::Registry;
 use serde_json::{json, Value};
 
 use crate::concurrency::{check_all, flood};
+use crate::handler_limit::Hanger;
 use crate::helpers::{state_field, test_config, TestApp, TestDb};
 use crate::ledger;
 
@@ -232,62 +232,11 @@ async fn a_handler_panic_on_the_fast_path_is_dead_lettered_as_on_the_worker_path
     assert!(fast.1.contains("boom on purpose"), "{}", fast.1);
 }
 
-/// Records `n` of every input (as `seen`, like the ledger), except `slow`, whose handler
-/// runs past the handler time limit.
-struct Slow;
-
-#[derive(Serialize, Deserialize, Clone, Default)]
-struct SlowState {
-    seen: Vec<(String, i64, i64)>,
-}
-
-impl Game for Slow {
-    type Config = Value;
-    type State = SlowState;
-
-    fn name(&self) -> &'static str {
-        "slow"
-    }
-
-    fn config(&self, _raw: &Value) -> Result<Value, String> {
-        Ok(json!({}))
-    }
-
-    fn create(&self, _cx: &Cx<'_, Value>, _out: &mut Vec<Outgoing>) -> SlowState {
-        SlowState::default()
-    }
-
-    fn handle(
-        &self,
-        _cx: &Cx<'_, Value>,
-        state: &mut SlowState,
-        input: &Input,
-        _out: &mut Vec<Outgoing>,
-    ) -> Result<(), GameError> {
-        if let Input::Client {
-            name, data, msg_id, ..
-        } = input
-        {
-            if name == "slow" {
-                std::thread::sleep(postgame::game::limit::DEFAULT_HANDLER_LIMIT * 2);
-            }
-            state
-                .seen
-                .push((String::new(), data["n"].as_i64().unwrap_or(-1), *msg_id));
-        }
-        Ok(())
-    }
-
-    fn status(&self, _state: &SlowState) -> &'static str {
-        "open"
-    }
-}
-
 #[tokio::test]
 async fn a_handler_overrun_on_the_fast_path_is_dead_lettered_as_on_the_worker_path() {
-    let games = || Registry::builtin().with(Slow);
-    let fast = dead_letter_of(games(), "slow", "slow", true).await;
-    let worker = dead_letter_of(games(), "slow", "slow", false).await;
+    let games = || Registry::builtin().with(Hanger);
+    let fast = dead_letter_of(games(), "hanger", "hang", true).await;
+    let worker = dead_letter_of(games(), "hanger", "hang", false).await;
     assert_eq!(fast, worker);
     assert!(fast.1.contains("handler time limit"), "{}", fast.1);
 }

@@ -10,10 +10,10 @@ use crate::helpers::{state_field, TestApp, TestDb};
 
 /// A game that records `data.n` of every input, except `hang`, whose handler never
 /// returns.
-struct Hanger;
+pub(crate) struct Hanger;
 
 #[derive(Serialize, Deserialize, Clone, Default)]
-struct HangerState {
+pub(crate) struct HangerState {
     seen: Vec<i64>,
 }
 

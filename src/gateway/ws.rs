@@ -196,6 +196,10 @@ struct Session {
     /// The connection's publish bucket (`--conn-publish-burst`/`--conn-publish-rate`).
     publish_bucket: Option<Bucket>,
     refusals: VecDeque<Instant>,
+    /// Set by the publisher once a publish of this connection is refused with `internal`:
+    /// every later one is refused too, and the connection is closed with 1011 (see
+    /// `Publisher::submit_fenced`).
+    publish_fence: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Runs one connection to its end.
@@ -285,6 +289,7 @@ pub async fn run<S, R, E>(
         subs: HashSet::new(),
         violations: VecDeque::new(),
         pending: FuturesOrdered::new(),
+        publish_fence: Arc::default(),
         publish_bucket: app
             .config
             .conn_publish
@@ -295,6 +300,7 @@ pub async fn run<S, R, E>(
     let mut deadline = Instant::now() + idle;
     let mut expired = app.expired.subscribe();
     let mut shutting_down = false;
+    let mut publish_failed = false;
     loop {
         tokio::select! {
             biased;
@@ -321,6 +327,12 @@ pub async fn run<S, R, E>(
             }
             Some(reply) = s.pending.next(), if !s.pending.is_empty() => {
                 s.outbox.push(reply.into());
+                if s.publish_fence.load(std::sync::atomic::Ordering::SeqCst) {
+                    // A publish was refused with `internal`: the later ones are refused
+                    // too, so the client must reconnect and resend them, in order.
+                    publish_failed = true;
+                    break;
+                }
             }
             _ = tokio::time::sleep_until(deadline) => {
                 s.closer.close(close::TOO_SLOW, "no heartbeat");
@@ -369,6 +381,12 @@ pub async fn run<S, R, E>(
     }
     if shutting_down {
         s.closer.close(close::GOING_AWAY, "server shutting down");
+    }
+    if publish_failed {
+        s.closer.close(
+            close::INTERNAL,
+            "a publish failed; reconnect and resend the unacknowledged ones in order",
+        );
     }
     let subs: Vec<String> = s.subs.drain().collect();
     metrics::gauge!("postgame_subscriptions").decrement(subs.len() as f64);
@@ -484,7 +502,11 @@ impl Session {
                 }
                 Ok(req) => {
                     let channel = req.channel.as_str().to_owned();
-                    let ack = self.app.publisher.submit(self.conn, req).await;
+                    let ack = self
+                        .app
+                        .publisher
+                        .submit_fenced(self.conn, req, Arc::clone(&self.publish_fence))
+                        .await;
                     self.pending.push_back(Box::pin(async move {
                         match ack.await {
                             Ok(a) => frames::ack(&id, &channel, a.msg_id, a.duplicate),

@@ -15,8 +15,8 @@
 //! refused with [`PublishError::RateLimited`]; nothing acknowledged is ever dropped.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -101,6 +101,9 @@ struct Job {
     req: PublishRequest,
     /// The connection (or client) whose order this publish keeps.
     order_key: u64,
+    /// Set once a publish of the job's connection was refused with `internal`: then this
+    /// one is refused too (see [`Publisher::submit_fenced`]).
+    fence: Option<Arc<AtomicBool>>,
     /// Position among the shard's submissions (see [`Poison`]).
     ticket: u64,
     reply: oneshot::Sender<Result<Ack, PublishError>>,
@@ -176,12 +179,35 @@ impl Publisher {
         order_key: u64,
         req: PublishRequest,
     ) -> impl std::future::Future<Output = Result<Ack, PublishError>> + Send + 'static {
+        self.submit_job(order_key, req, None).await
+    }
+
+    /// [`submit`](Self::submit) for a connection whose publishes must never overtake a
+    /// refused one: `fence` is set when a publish of the connection is refused with
+    /// `internal`, and from then on every publish carrying it is refused with `internal`
+    /// too, however late it arrives (the caller closes the connection).
+    pub async fn submit_fenced(
+        &self,
+        order_key: u64,
+        req: PublishRequest,
+        fence: Arc<AtomicBool>,
+    ) -> impl std::future::Future<Output = Result<Ack, PublishError>> + Send + 'static {
+        self.submit_job(order_key, req, Some(fence)).await
+    }
+
+    async fn submit_job(
+        &self,
+        order_key: u64,
+        req: PublishRequest,
+        fence: Option<Arc<AtomicBool>>,
+    ) -> impl std::future::Future<Output = Result<Ack, PublishError>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
         let shard = &self.shards[(order_key % self.shards.len() as u64) as usize];
         let ticket = shard.tickets.fetch_add(1, SeqCst);
         let job = Job {
             req,
             order_key,
+            fence,
             ticket,
             reply,
         };
@@ -198,6 +224,16 @@ impl Publisher {
     pub async fn publish(&self, order_key: u64, req: PublishRequest) -> Result<Ack, PublishError> {
         self.submit(order_key, req).await.await
     }
+
+    /// [`publish`](Self::publish) with a connection's fence ([`submit_fenced`](Self::submit_fenced)).
+    pub async fn publish_fenced(
+        &self,
+        order_key: u64,
+        req: PublishRequest,
+        fence: Arc<AtomicBool>,
+    ) -> Result<Ack, PublishError> {
+        self.submit_fenced(order_key, req, fence).await.await
+    }
 }
 
 /// What a shard task works with.
@@ -213,7 +249,9 @@ struct Ctx {
 /// could not be committed), every publish of that connection the shard had already taken
 /// in (a smaller ticket) is refused too, so none of them commits ahead of the refused one
 /// and a resend restores the connection's order. Entries are dropped once the shard's queue
-/// is empty (no ticket below the mark can still arrive).
+/// is empty (no ticket below the mark can still arrive). A WebSocket connection's publishes
+/// also carry its fence ([`Publisher::submit_fenced`]), which covers the publishes it reads
+/// *after* the refusal as well: a client that pipelines does not know yet.
 #[derive(Default)]
 struct Poison {
     /// order key → every ticket below this one is refused.
@@ -224,9 +262,11 @@ struct Poison {
 
 impl Poison {
     fn refuses(&self, job: &Job) -> bool {
-        self.marks
-            .get(&job.order_key)
-            .is_some_and(|mark| job.ticket < *mark)
+        job.fence.as_ref().is_some_and(|f| f.load(SeqCst))
+            || self
+                .marks
+                .get(&job.order_key)
+                .is_some_and(|mark| job.ticket < *mark)
     }
 
     fn refuse(&mut self, order_key: u64, up_to: u64) {
@@ -280,7 +320,7 @@ async fn shard_run(
         let mut live = Vec::with_capacity(jobs.len());
         for job in jobs {
             if poison.refuses(&job) {
-                let _ = job.reply.send(Err(PublishError::Internal));
+                refuse_internal(job);
             } else {
                 live.push(job);
             }
@@ -300,7 +340,7 @@ async fn commit_jobs(ctx: &Ctx, jobs: Vec<Job>, poison: &mut Poison, fast: Optio
         .into_iter()
         .filter_map(|job| {
             if poison.refuses(&job) {
-                let _ = job.reply.send(Err(PublishError::Internal));
+                refuse_internal(job);
                 None
             } else {
                 Some(job)
@@ -350,10 +390,19 @@ async fn commit_jobs(ctx: &Ctx, jobs: Vec<Job>, poison: &mut Poison, fast: Optio
             for job in jobs {
                 let up_to = poison.tickets.as_ref().map_or(u64::MAX, |t| t.load(SeqCst));
                 poison.refuse(job.order_key, up_to);
-                let _ = job.reply.send(Err(PublishError::Internal));
+                refuse_internal(job);
             }
         }
     }
+}
+
+/// Refuses `job` with `internal`, and with it every later publish of its connection (its
+/// fence).
+fn refuse_internal(job: Job) {
+    if let Some(f) = &job.fence {
+        f.store(true, SeqCst);
+    }
+    let _ = job.reply.send(Err(PublishError::Internal));
 }
 
 /// A statement failed (the database answered): another split of the batch may pass.

@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use crate::helpers::{state_field, TestApp, TestDb};
+use crate::helpers::{state_field, Closed, TestApp, TestDb};
 use crate::ledger;
 
 async fn seen(app: &TestApp, id: &str) -> Vec<(String, i64, i64)> {
@@ -94,6 +94,13 @@ async fn a_backend_terminated_during_commit_writes_nothing_and_later_publishes_d
         assert_eq!(r["op"], "error", "publish {n}: {r}");
         assert_eq!(r["code"], "internal", "publish {n}: {r}");
     }
+    // The connection refuses every later publish too, so it is closed: the client
+    // reconnects and resends.
+    assert!(
+        matches!(alice.closed().await, Closed::Code(1011)),
+        "closed with 1011"
+    );
+    let mut alice = app.ws(&app.token("alice")).await;
     // Nothing of the refused publishes was written, so resending restores the order.
     let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM postgame.control")
         .fetch_one(&app.pool)
@@ -119,4 +126,103 @@ async fn a_backend_terminated_during_commit_writes_nothing_and_later_publishes_d
         "applied once each, in the connection's order"
     );
     app.shutdown().await;
+}
+
+/// A publish that reaches the server after an earlier publish of its connection was
+/// refused with `internal` (a pipelining client cannot know yet) is refused too: were it
+/// committed, the client's resend of the refused one would come after it. Before, only the
+/// publishes already taken in by then were refused.
+#[tokio::test]
+async fn a_publish_arriving_after_its_connections_refusal_is_refused_too() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use postgame::broadcast::notify::Notifier;
+    use postgame::ids::{Channel, ClientId};
+    use postgame::queue::publisher::{Limits, PublishError, PublishRequest, Publisher};
+
+    let (_db, opts) = TestDb::new().await;
+    let pool = crate::helpers::migrated_pool(&opts, 4).await;
+    let games = postgame::game::Registry::builtin();
+    let (m, _) = postgame::matches::match_create(
+        &pool,
+        games.get("tictactoe").unwrap().as_ref(),
+        &json!({}),
+    )
+    .await
+    .unwrap();
+    let control = format!("control:{}", m.id);
+    for sql in [
+        "CREATE FUNCTION public.slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.name = 'slow' THEN PERFORM pg_sleep(60); END IF; RETURN NULL; END $$",
+        "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON postgame.control
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.slow_commit()",
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    let tracker = tokio_util::task::TaskTracker::new();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let publisher = Publisher::start(
+        pool.clone(),
+        Arc::new(Notifier::new()),
+        1,
+        Limits::NONE,
+        &tracker,
+        stop.clone(),
+    );
+    let req = |name: &str, n: i64| PublishRequest {
+        client: Some(ClientId::parse("alice").unwrap()),
+        channel: Channel::parse(&control).unwrap(),
+        name: name.to_owned(),
+        data: json!({ "n": n }),
+        key: None,
+    };
+    let fence = Arc::new(AtomicBool::new(false));
+    let first = publisher
+        .submit_fenced(7, req("slow", 1), Arc::clone(&fence))
+        .await;
+    let pid: i32 = loop {
+        let pid: Option<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity
+             WHERE query = 'COMMIT' AND wait_event = 'PgSleep' AND datname = current_database()",
+        )
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        if let Some(pid) = pid {
+            break pid;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert!(matches!(first.await, Err(PublishError::Internal)));
+    assert!(
+        fence.load(Ordering::SeqCst),
+        "the connection's fence is set"
+    );
+    // The next publish of the connection, read after the refusal.
+    let second = publisher
+        .publish_fenced(7, req("chat", 2), Arc::clone(&fence))
+        .await;
+    assert!(
+        matches!(second, Err(PublishError::Internal)),
+        "a later publish of the refused connection was answered {second:?}"
+    );
+    // Another connection publishes as usual.
+    let other = publisher.publish(8, req("chat", 3)).await;
+    assert!(other.is_ok(), "{other:?}");
+    let stored: Vec<i64> =
+        sqlx::query_scalar("SELECT (data->>'n')::int8 FROM postgame.control ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, [3]);
+    stop.cancel();
+    tracker.close();
+    tracker.wait().await;
+    pool.close().await;
 }

@@ -333,8 +333,8 @@ async fn shard_run(
 
 /// Commits `jobs`, splitting the batch in halves after a statement error so that only the
 /// culprit fails; a lost connection or an unknown outcome refuses them all (see
-/// [`commit_batch_checked`] and [`Poison`]). With `fast`, a statement error first writes
-/// the whole batch again without the fast apply.
+/// [`commit_batch_checked`] and [`Poison`]). With `fast`, an error of the fast apply
+/// writes the whole batch again without it.
 async fn commit_jobs(ctx: &Ctx, jobs: Vec<Job>, poison: &mut Poison, fast: Option<&FastApply>) {
     let jobs: Vec<Job> = jobs
         .into_iter()
@@ -361,10 +361,12 @@ async fn commit_jobs(ctx: &Ctx, jobs: Vec<Job>, poison: &mut Poison, fast: Optio
                 let _ = job.reply.send(result);
             }
         }
-        Err(e) if fast.is_some() && is_statement_error(&e) => {
-            // Nothing was written. The fast apply is never a reason to fail a publish: a
-            // lock it waited for too long (`FAST_LOCK_TIMEOUT_MS`) or any other error of
-            // it, and the batch goes to the queue as it would without it.
+        Err(e @ CommitError::FastApply(_)) => {
+            // Nothing was written (the COMMIT was not reached). The fast apply is never a
+            // reason to fail a publish: after a lock it waited for too long
+            // (`FAST_LOCK_TIMEOUT_MS`) or any other error of it, the batch goes to the
+            // queue as it would without it. Errors of the batch's own statements or of its
+            // COMMIT take the usual paths below.
             tracing::info!(error = %e, n = jobs.len(), "fast apply failed; queueing the batch");
             metrics::counter!("postgame_fast_apply_fallbacks_total").increment(1);
             Box::pin(commit_jobs(ctx, jobs, poison, None)).await;
@@ -460,6 +462,10 @@ pub enum CommitError {
     /// have been committed.
     #[error("the outcome of the commit is unknown: {0}")]
     Unknown(sqlx::Error),
+    /// The fast apply ([`fast`]) failed before the COMMIT: nothing of the batch was
+    /// committed, and the batch can be written again without it.
+    #[error("the fast apply failed: {0}")]
+    FastApply(sqlx::Error),
 }
 
 /// Test hook: the channel whose next successful COMMIT is reported as failed (as when the
@@ -526,7 +532,9 @@ pub(crate) async fn commit_batch_fast(
     let mut done = write_batch(&mut tx, batch, reqs, limits).await?;
     if let Some(fast) = fast {
         let inserted = fast::inserted_rows(reqs, &done.results);
-        done.inline = fast::fast_apply(&mut tx, &inserted, fast).await?;
+        done.inline = fast::fast_apply(&mut tx, &inserted, fast)
+            .await
+            .map_err(CommitError::FastApply)?;
         done.control_inserted = done.inline.processed.len() < inserted.len();
     }
     let mut result = tx.commit().await;

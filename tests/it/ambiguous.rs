@@ -13,8 +13,17 @@ async fn seen(app: &TestApp, id: &str) -> Vec<(String, i64, i64)> {
 
 #[tokio::test]
 async fn a_commit_whose_reply_is_lost_is_acked_once_and_applied_once() {
+    reply_lost(false).await;
+}
+
+#[tokio::test]
+async fn a_commit_whose_reply_is_lost_is_acked_once_and_applied_once_with_the_fast_apply() {
+    reply_lost(true).await;
+}
+
+async fn reply_lost(fast: bool) {
     let (_db, opts) = TestDb::new().await;
-    let app = TestApp::spawn_with(opts, ledger::games(), |_| {}).await;
+    let app = TestApp::spawn_with(opts, ledger::games(), |c| c.fast_apply = fast).await;
     let id = app.create_match(&app.token("s"), "ledger", json!({})).await;
     let control = format!("control:{id}");
     // The server commits, then the reply to COMMIT is lost (as when the connection drops
@@ -38,8 +47,19 @@ async fn a_commit_whose_reply_is_lost_is_acked_once_and_applied_once() {
 
 #[tokio::test]
 async fn a_backend_terminated_during_commit_writes_nothing_and_later_publishes_do_not_overtake() {
+    terminated_during_commit(false).await;
+}
+
+/// The fast apply deletes the row it applied before the COMMIT, but the deferred trigger
+/// still fires in that COMMIT; a COMMIT that fails is never written again without it.
+#[tokio::test]
+async fn a_backend_terminated_during_a_fast_apply_commit_writes_nothing_and_nothing_overtakes() {
+    terminated_during_commit(true).await;
+}
+
+async fn terminated_during_commit(fast: bool) {
     let (_db, opts) = TestDb::new().await;
-    let app = TestApp::spawn_with(opts, ledger::games(), |_| {}).await;
+    let app = TestApp::spawn_with(opts, ledger::games(), |c| c.fast_apply = fast).await;
     let id = app.create_match(&app.token("s"), "ledger", json!({})).await;
     let control = format!("control:{id}");
     // A deferred trigger runs inside COMMIT: a message named `slow` makes the COMMIT sleep,

@@ -509,9 +509,9 @@ const OUTCOME_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10)
 
 /// Writes a batch (see `write_batch`) and commits it. A COMMIT that fails is never
 /// taken for a rollback: the batch wrote a row of its own in `postgame.publish_batches`,
-/// and [`commit_outcome`] looks for it on another connection. Committed: the batch's
+/// and `commit_outcome` looks for it on another connection. Committed: the batch's
 /// results stand. Not committed: nothing was written. PostgreSQL unreachable for
-/// [`OUTCOME_PATIENCE`]: [`CommitError::Unknown`].
+/// `OUTCOME_PATIENCE`: [`CommitError::Unknown`].
 pub async fn commit_batch_checked(
     pool: &PgPool,
     reqs: &[&PublishRequest],

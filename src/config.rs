@@ -468,6 +468,23 @@ pub struct FanoutArgs {
     /// process of `--baseline --process`).
     #[arg(long, hide = true)]
     pub serve_baseline: Option<std::net::SocketAddr>,
+
+    /// Instead of the publishing run: open this many idle, subscribed connections to a
+    /// gateway child process, report its RSS per connection and the connect rate, then
+    /// publish one message per channel and count the connections that receive it.
+    #[arg(long, value_name = "N")]
+    pub idle: Option<usize>,
+
+    /// Loopback source addresses the `--idle` connections come from (127.0.0.1,
+    /// 127.0.0.2, ...), each good for about 55,000 connections (the bench picks client
+    /// ports 10000 to 65000 itself); 0 picks one per 40,000 connections.
+    #[arg(long, default_value_t = 0)]
+    pub sources: usize,
+
+    /// The postgame binary to start the gateway child process from (this binary when not
+    /// given; tests, whose binary is not postgame, point it at the built one).
+    #[arg(long, hide = true, env = "POSTGAME_BENCH_SERVER_EXE")]
+    pub server_exe: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -175,7 +175,7 @@ pub async fn run(db_url: &str, args: &ChurnArgs, show_progress: bool) -> anyhow:
         }
         let serve = ["serve", "--role", "gateway", "--listen", "{addr}"];
         let serve: Vec<String> = serve.iter().map(|a| (*a).to_owned()).collect();
-        let (mut child, addr) = spawn_server(&serve, db_url).await?;
+        let (mut child, addr) = spawn_server(&serve, db_url, None).await?;
         let measured = measure(
             &worker.pool,
             addr,

@@ -125,7 +125,10 @@ pub(super) async fn connect(url: &str) -> anyhow::Result<ClientWs> {
 }
 
 /// The next text frame (pings are answered by the library while reading).
-pub(super) async fn next_text(ws: &mut ClientWs) -> anyhow::Result<String> {
+pub(super) async fn next_text<S>(ws: &mut S) -> anyhow::Result<String>
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => return Ok(t.as_str().to_owned()),
@@ -135,6 +138,27 @@ pub(super) async fn next_text(ws: &mut ClientWs) -> anyhow::Result<String> {
             None => bail!("connection ended"),
         }
     }
+}
+
+/// Reads the `connected` greeting of a new connection, subscribes it to `channel` and
+/// reads the `subscribed` reply.
+pub(super) async fn hello_subscribe<S>(ws: &mut S, channel: &str) -> anyhow::Result<()>
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
+        + futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error>
+        + Unpin,
+{
+    let hello = next_text(ws).await?;
+    if !hello.contains("\"connected\"") {
+        bail!("expected `connected`, got {hello}");
+    }
+    let frame = json!({"op": "subscribe", "id": 1, "channel": channel});
+    ws.send(Message::text(frame.to_string())).await?;
+    let reply = next_text(ws).await?;
+    if !reply.contains("\"subscribed\"") {
+        bail!("expected `subscribed`, got {reply}");
+    }
+    Ok(())
 }
 
 /// Connects, subscribes, then counts and times every message until `stop`.
@@ -149,16 +173,7 @@ async fn subscriber(
     let subscribed = async {
         let _permit = shared.gate.acquire().await?;
         let mut ws = connect(&url).await?;
-        let hello = next_text(&mut ws).await?;
-        if !hello.contains("\"connected\"") {
-            bail!("expected `connected`, got {hello}");
-        }
-        let frame = json!({"op": "subscribe", "id": 1, "channel": format!("bench-{channel}")});
-        ws.send(Message::text(frame.to_string())).await?;
-        let reply = next_text(&mut ws).await?;
-        if !reply.contains("\"subscribed\"") {
-            bail!("expected `subscribed`, got {reply}");
-        }
+        hello_subscribe(&mut ws, &format!("bench-{channel}")).await?;
         anyhow::Ok(ws)
     }
     .await;
@@ -326,14 +341,14 @@ async fn publisher(
 /// The servers of a run: in-process postgame servers, a child process, an in-process bare
 /// server.
 #[derive(Default)]
-struct Servers {
+pub(super) struct Servers {
     postgame: Vec<crate::Server>,
     child: Option<tokio::process::Child>,
     bare: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
 }
 
 impl Servers {
-    async fn shutdown(self) {
+    pub(super) async fn shutdown(self) {
         if let Some(mut child) = self.child {
             let _ = child.start_kill();
             let _ = child.wait().await;
@@ -353,6 +368,7 @@ impl Servers {
 pub(super) async fn spawn_server(
     args: &[String],
     db_url: &str,
+    exe: Option<&std::path::Path>,
 ) -> anyhow::Result<(tokio::process::Child, SocketAddr)> {
     let addr = {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -362,7 +378,10 @@ pub(super) async fn spawn_server(
         .iter()
         .map(|a| a.replace("{addr}", &addr.to_string()))
         .collect();
-    let exe = std::env::current_exe().context("the path of this binary")?;
+    let exe = match exe {
+        Some(e) => e.to_owned(),
+        None => std::env::current_exe().context("the path of this binary")?,
+    };
     let mut child = tokio::process::Command::new(exe)
         .args(&args)
         .env("DATABASE_URL", db_url)
@@ -388,17 +407,17 @@ pub(super) async fn spawn_server(
 }
 
 /// Where the clients go, and whose memory is measured.
-struct Setup {
-    servers: Servers,
+pub(super) struct Setup {
+    pub(super) servers: Servers,
     /// Subscribers' and publisher's WebSocket URLs, without the token.
-    sub_url: String,
-    pub_url: String,
-    rss_pid: Option<u32>,
-    rss_of: &'static str,
-    path: &'static str,
+    pub(super) sub_url: String,
+    pub(super) pub_url: String,
+    pub(super) rss_pid: Option<u32>,
+    pub(super) rss_of: &'static str,
+    pub(super) path: &'static str,
 }
 
-async fn start_postgame(
+pub(super) async fn start_postgame(
     db_url: &str,
     args: &FanoutArgs,
     games: &Registry,
@@ -423,7 +442,7 @@ async fn start_postgame(
     } else if args.process {
         let serve = ["serve", "--role", "gateway", "--listen", "{addr}"];
         let serve: Vec<String> = serve.iter().map(|a| (*a).to_owned()).collect();
-        let (child, addr) = spawn_server(&serve, db_url).await?;
+        let (child, addr) = spawn_server(&serve, db_url, args.server_exe.as_deref()).await?;
         let pid = child.id();
         servers.child = Some(child);
         (
@@ -631,7 +650,7 @@ async fn start_baseline(db_url: &str, args: &FanoutArgs) -> anyhow::Result<Setup
             "--baseline-read-buffer".to_owned(),
             args.baseline_read_buffer.to_string(),
         ];
-        let (child, addr) = spawn_server(&serve, db_url).await?;
+        let (child, addr) = spawn_server(&serve, db_url, args.server_exe.as_deref()).await?;
         let pid = child.id();
         return Ok(Setup {
             servers: Servers {
@@ -685,6 +704,9 @@ pub async fn run(
         stop.cancel();
         let _ = server.await;
         bail!("the baseline server was stopped");
+    }
+    if let Some(n) = args.idle {
+        return super::idle::run(db_url, args, n, show_progress, games).await;
     }
     if args.subscribers == 0 || args.channels == 0 || args.channels > args.subscribers {
         bail!("--subscribers must be at least 1 and at least --channels (at least 1)");

@@ -8,6 +8,7 @@
 pub mod churn;
 pub mod e2e;
 pub mod fanout;
+mod idle;
 pub mod queue;
 pub mod soak;
 pub mod ticks;

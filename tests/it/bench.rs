@@ -98,6 +98,9 @@ fn tiny_fanout() -> FanoutArgs {
         process: false,
         slow: 1,
         serve_baseline: None,
+        idle: None,
+        sources: 0,
+        server_exe: None,
     }
 }
 
@@ -160,6 +163,37 @@ async fn a_tiny_fanout_baseline_run_delivers_every_message_without_a_database() 
     .unwrap();
     assert_fanout_complete(&report);
     assert_eq!(report.params["baseline"], true);
+}
+
+#[tokio::test]
+async fn an_idle_run_reaches_every_connection_from_two_source_addresses_with_one_broadcast() {
+    let (_db, opts) = TestDb::new().await;
+    let args = FanoutArgs {
+        idle: Some(200),
+        sources: 2,
+        channels: 2,
+        // The gateway runs as a child process, from the postgame binary (not this one).
+        server_exe: Some(env!("CARGO_BIN_EXE_postgame").into()),
+        ..tiny_fanout()
+    };
+    let report = bench::fanout::run(
+        &database_url(&opts),
+        &args,
+        false,
+        &postgame::game::Registry::builtin(),
+    )
+    .await
+    .unwrap();
+    let p = &report.params;
+    assert_eq!(report.unit, "connections", "{p}");
+    assert_eq!(json_u64(p, "connected"), 200, "{p}");
+    assert_eq!(json_u64(p, "failed"), 0, "{p}");
+    // The clients' sockets really came from 127.0.0.1 and 127.0.0.2.
+    assert_eq!(json_u64(p, "sources_used"), 2, "{p}");
+    assert_eq!(json_u64(p, "delivered"), 200, "{p}");
+    assert_eq!(json_u64(p, "closed_by_gateway"), 0, "{p}");
+    assert_eq!(report.errors, 0, "{report:?}");
+    assert!(p["rss_connected_mib"].as_f64().unwrap() > 0.0, "{p}");
 }
 
 #[tokio::test]

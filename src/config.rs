@@ -696,6 +696,13 @@ pub struct ServeConfig {
     #[arg(long, env = "POSTGAME_OUTBOX_FRAMES", default_value_t = 1024)]
     pub outbox_frames: usize,
 
+    /// Bytes a WebSocket connection reads from its socket at a time: its read buffer,
+    /// resident for as long as the connection is open, idle or not. Client frames are
+    /// small control messages, so the default is small; a frame larger than this is read
+    /// in several system calls (into a buffer grown to the frame).
+    #[arg(long, env = "POSTGAME_WS_READ_BUFFER_BYTES", default_value_t = 512)]
+    pub ws_read_buffer_bytes: usize,
+
     /// Seconds a write to a client may take (a WebSocket flush, an HTTP response) before
     /// the connection is dropped and its socket released: a client that stops reading.
     #[arg(long, env = "POSTGAME_WRITE_TIMEOUT_SECONDS", default_value_t = 10.0)]

@@ -572,6 +572,7 @@ pub async fn start_with_pages(
                 heartbeat: config.heartbeat(),
                 max_frame_bytes: config.max_frame_bytes,
                 outbox_frames: config.outbox_frames,
+                read_buffer_bytes: config.ws_read_buffer_bytes,
                 allow_guests: !config.no_guests,
                 guest_token_ttl: chrono::Duration::hours(config.guest_token_hours.max(1)),
                 write_timeout: config.write_timeout(),

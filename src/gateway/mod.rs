@@ -40,6 +40,8 @@ pub struct GatewayConfig {
     pub heartbeat: Duration,
     pub max_frame_bytes: usize,
     pub outbox_frames: usize,
+    /// A WebSocket connection's read buffer (`--ws-read-buffer-bytes`).
+    pub read_buffer_bytes: usize,
     pub allow_guests: bool,
     pub guest_token_ttl: chrono::Duration,
     /// Longest a write to a WebSocket may take before the connection is dropped.
@@ -149,6 +151,10 @@ pub fn prepare_publish(
     })
 }
 
+/// The smallest WebSocket read buffer: room for a frame header (14 bytes) and a small
+/// control message in one read.
+const MIN_READ_BUFFER: usize = 64;
+
 async fn ws_handler(
     State(app): State<Arc<AppState>>,
     parts: Parts,
@@ -161,7 +167,10 @@ async fn ws_handler(
     // with `too_large` and a clean 1009 by the session rather than a torn connection.
     let limit = app.config.max_frame_bytes.saturating_mul(2).max(1024);
     let sessions = app.sessions.clone();
-    ws.read_buffer_size(4096)
+    // The read buffer is zero-filled to its size on the first read, so it is resident for
+    // the connection's life: it is what an idle connection costs beyond its socket. The
+    // write buffer only holds frames queued before a flush, and grows as they need.
+    ws.read_buffer_size(app.config.read_buffer_bytes.max(MIN_READ_BUFFER))
         .write_buffer_size(4096)
         .max_message_size(limit)
         .max_frame_size(limit)

@@ -189,8 +189,11 @@ struct Session {
     subs: HashSet<String>,
     violations: VecDeque<Instant>,
     pending: FuturesOrdered<Pending>,
-    /// This connection's presence changes, applied in order, durably ([`Presence`]).
-    presence: Presence,
+    /// This connection's presence changes, applied in order, durably ([`Presence`]):
+    /// started by the first match subscription, so a connection that never joins a match
+    /// holds no task and no queue for it.
+    presence: Option<Presence>,
+    connection_id: String,
     /// Keeps this connection in `postgame.sessions` until the session ends.
     _online: crate::presence::OnlineGuard,
     /// The connection's publish bucket (`--conn-publish-burst`/`--conn-publish-rate`).
@@ -269,20 +272,13 @@ pub async fn run<S, R, E>(
         .to_string()
         .into(),
     );
-    let presence = Presence::start(
-        app.pool.clone(),
-        app.publisher.clone(),
-        app.instance.clone(),
-        conn,
-        connection_id.clone(),
-        me.client.clone(),
-    );
     let online = app.online.record(connection_id.clone(), me.client.clone());
     let mut s = Session {
         app: Arc::clone(&app),
         me,
         conn,
-        presence,
+        presence: None,
+        connection_id,
         _online: online,
         outbox,
         closer: Arc::clone(&closer),
@@ -355,7 +351,10 @@ pub async fn run<S, R, E>(
                         break;
                     }
                     Some(Ok(Message::Text(text))) => {
-                        if !s.on_text(text.as_str()).await {
+                        // Boxed: handling a request (its database queries) takes far more
+                        // room than waiting does, and inline it would size the state every
+                        // idle connection keeps.
+                        if !Box::pin(s.on_text(text.as_str())).await {
                             break;
                         }
                     }
@@ -575,8 +574,23 @@ impl Session {
             metrics::gauge!("postgame_subscriptions").increment(1.0);
         }
         if let ChannelKind::Match(m) = channel.kind() {
-            self.presence.send_ordered(*m, PRESENCE_CONNECTED).await;
+            self.presence().send_ordered(*m, PRESENCE_CONNECTED).await;
         }
+    }
+
+    /// This connection's presence task, started the first time it is needed.
+    fn presence(&mut self) -> &Presence {
+        let app = &self.app;
+        self.presence.get_or_insert_with(|| {
+            Presence::start(
+                app.pool.clone(),
+                app.publisher.clone(),
+                app.instance.clone(),
+                self.conn,
+                self.connection_id.clone(),
+                self.me.client.clone(),
+            )
+        })
     }
 
     fn internal(&self, id: &Option<Value>, e: anyhow::Error) {
@@ -589,7 +603,7 @@ impl Session {
         self.app.hub.unsubscribe(channel, self.conn);
         if let Ok(c) = Channel::parse(channel) {
             if let ChannelKind::Match(m) = c.kind() {
-                self.presence.send(*m, PRESENCE_DISCONNECTED).await;
+                self.presence().send(*m, PRESENCE_DISCONNECTED).await;
             }
         }
     }

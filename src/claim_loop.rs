@@ -76,6 +76,24 @@ pub async fn run<F, Fut>(
     }
 }
 
+/// Runs `step` every `period` (the first time at once) until `stop`: the loop of the
+/// periodic samplers (the queue and clock gauges). A late round is not caught up.
+pub async fn every<F, Fut>(period: Duration, stop: &CancellationToken, mut step: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        step().await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -339,13 +339,7 @@ pub async fn queue_gauges_read(pool: &PgPool) -> sqlx::Result<QueueGauges> {
 /// `postgame_dead_letters` every [`GAUGE_INTERVAL`] until `stop` (one task per process
 /// with the worker role; every such process reports the same values).
 pub async fn run_gauges(pool: PgPool, stop: CancellationToken) {
-    let mut every = tokio::time::interval(GAUGE_INTERVAL);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = every.tick() => {}
-            _ = stop.cancelled() => return,
-        }
+    crate::claim_loop::every(GAUGE_INTERVAL, &stop, || async {
         match queue_gauges_read(&pool).await {
             Ok(g) => {
                 metrics::gauge!("postgame_queue_depth").set(g.depth as f64);
@@ -354,5 +348,6 @@ pub async fn run_gauges(pool: PgPool, stop: CancellationToken) {
             }
             Err(e) => tracing::debug!(error = %e, "sampling the queue gauges failed"),
         }
-    }
+    })
+    .await;
 }

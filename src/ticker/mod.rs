@@ -485,13 +485,7 @@ impl Ticker {
     /// [`GAUGE_INTERVAL`] until `stop` (one task per process with the ticker role). A
     /// backlog of due matches that keeps growing means the tickers cannot keep up.
     pub async fn run_gauges(self, stop: CancellationToken) {
-        let mut every = tokio::time::interval(GAUGE_INTERVAL);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = every.tick() => {}
-                _ = stop.cancelled() => return,
-            }
+        claim_loop::every(GAUGE_INTERVAL, &stop, || async {
             match matches_clock_counts(&self.pool).await {
                 Ok((due, scheduled)) => {
                     metrics::gauge!("postgame_matches_due").set(due as f64);
@@ -499,7 +493,8 @@ impl Ticker {
                 }
                 Err(e) => tracing::debug!(error = %e, "sampling the clock gauges failed"),
             }
-        }
+        })
+        .await;
     }
 
     /// How long to sleep when nothing was due: until the earliest scheduled tick, at most

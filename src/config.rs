@@ -264,6 +264,13 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+
+    /// Run `e2e` and `queue` through this PgBouncer (transaction mode) in front of the same
+    /// server: the roles' pool connects here (the benchmark database's name replaces the
+    /// URL's), migrations and LISTEN go straight to the server, as
+    /// `serve --direct-database-url` does.
+    #[arg(long, global = true)]
+    pub pooler_url: Option<String>,
 }
 
 /// The benchmark scenarios.
@@ -807,6 +814,16 @@ pub struct ServeConfig {
     #[arg(long, env = "POSTGAME_DB_CONNECTIONS", default_value_t = 16)]
     pub db_connections: u32,
 
+    /// A direct connection to PostgreSQL (not through a connection pooler) for what needs a
+    /// session of its own: the LISTEN connection, the VACUUM task's session advisory lock,
+    /// migrations and creating the database. Default: the database URL. When it differs
+    /// from the database URL, that one is taken to be PgBouncer in transaction mode (or a
+    /// pooler like it): every checkout of the pool becomes one server transaction with
+    /// PostgreSQL's prepared statements dropped at its start and the statement cache off
+    /// (docs/OPERATIONS.md, "PgBouncer in transaction mode").
+    #[arg(long, env = "POSTGAME_DIRECT_DATABASE_URL")]
+    pub direct_database_url: Option<String>,
+
     /// The lease, in seconds: a process silent this long inside a transaction (frozen,
     /// paused, partitioned) has its session ended by Postgres
     /// (`idle_in_transaction_session_timeout`), so its matches move on without it and it
@@ -911,6 +928,19 @@ impl ServeConfig {
     }
 
     /// The session limits of this process's connections.
+    /// The URL of the direct connection: `--direct-database-url`, else the database URL.
+    pub fn direct_url(&self) -> &str {
+        self.direct_database_url
+            .as_deref()
+            .unwrap_or(&self.db.database_url)
+    }
+
+    /// Whether the database URL is a pooler in transaction mode (a different direct URL
+    /// was given).
+    pub fn pooled(&self) -> bool {
+        self.direct_url() != self.db.database_url
+    }
+
     pub fn leases(&self) -> crate::lease::Leases {
         let secs = |s: f64| Duration::from_secs_f64(s.clamp(0.001, 86_400.0));
         crate::lease::Leases {

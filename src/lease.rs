@@ -17,6 +17,12 @@
 //!
 //! Migrations run on their own connection without these limits (see
 //! [`crate::store::migrate`]).
+//!
+//! Through PgBouncer in transaction mode (`--direct-database-url` set), a session setting
+//! would stay on whichever server connection ran it, for the next client of PgBouncer:
+//! instead, every checkout of the pool opens a transaction with
+//! [`Leases::pooled_begin_sql`], which sets the two timeouts with `SET LOCAL`; the TCP
+//! settings are then PgBouncer's own (`tcp_keepalive`, `server_lifetime`…).
 
 use std::time::Duration;
 
@@ -49,6 +55,22 @@ fn ms(d: Duration) -> u128 {
 }
 
 impl Leases {
+    /// What opens every checkout of a pool that goes through PgBouncer in transaction mode
+    /// (see [`crate::store::pool_connect_role`]): one server transaction per checkout, the
+    /// server connection's prepared statements dropped (left by whichever client had it
+    /// before: sqlx names its statements per connection, so names collide), the lease
+    /// timeouts for this transaction only, and warnings silenced for it (sqlx's own
+    /// `BEGIN` inside it warns that a transaction is already in progress).
+    pub fn pooled_begin_sql(&self) -> String {
+        format!(
+            "BEGIN; SET LOCAL client_min_messages = error; DEALLOCATE ALL;
+             SET LOCAL idle_in_transaction_session_timeout = {};
+             SET LOCAL statement_timeout = {};",
+            ms(self.lease),
+            ms(self.statement_timeout)
+        )
+    }
+
     /// The statements every role connection runs once, right after connecting.
     pub fn session_sql(&self) -> String {
         let lease_ms = ms(self.lease);

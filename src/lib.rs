@@ -427,7 +427,8 @@ pub async fn start_with_pages(
         let at = listener.as_ref().and_then(|l| l.local_addr().ok());
         secret_check(&config.secret, at)?;
     }
-    setup::database_ready(&config.db.database_url).await?;
+    // Creating the database (and migrating it, below) takes a direct connection.
+    setup::database_ready(config.direct_url()).await?;
     // Installed before any role starts, so what they record from their first moment (a
     // counter set to zero at start) is not lost.
     let metrics = metrics_handle();
@@ -447,9 +448,24 @@ pub async fn start_with_pages(
         config.db_connections,
         &app_name,
         config.leases(),
+        config.pooled(),
     )
     .await?;
-    store::migrate(&pool).await?;
+    // What needs a session of its own (LISTEN, the VACUUM task's session lock,
+    // migrations): the pool itself, or a small direct one beside a pooler.
+    let direct = if config.pooled() {
+        store::pool_connect_role(
+            config.direct_url(),
+            2,
+            &format!("{app_name} direct"),
+            config.leases(),
+            false,
+        )
+        .await?
+    } else {
+        pool.clone()
+    };
+    store::migrate(&direct).await?;
 
     let draining = CancellationToken::new();
     let stop = CancellationToken::new();
@@ -497,7 +513,7 @@ pub async fn start_with_pages(
         ));
         if config.vacuum_seconds > 0.0 {
             tasks.spawn(vacuum::run(
-                pool.clone(),
+                direct.clone(),
                 Duration::from_secs_f64(config.vacuum_seconds.max(1.0)),
                 stop.clone(),
             ));
@@ -650,7 +666,7 @@ pub async fn start_with_pages(
         config.presence_timeout(),
         stop.clone(),
     ));
-    tasks.spawn(listen::run(pool.clone(), routes, stop.clone()));
+    tasks.spawn(listen::run(direct.clone(), routes, stop.clone()));
     Ok(Server {
         addr,
         metrics_addr,

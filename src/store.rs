@@ -28,12 +28,61 @@ pub async fn pool_connect(url: &str, max: u32, app_name: &str) -> anyhow::Result
 /// A pool for a serving process's roles: like [`pool_connect`], and every connection runs
 /// under `leases` (`Leases::session_sql`: idle-in-transaction and statement timeouts,
 /// keepalives), so a process that hangs holds nothing for longer than its lease.
+///
+/// `pooled`: `url` is PgBouncer in transaction mode (1.18 and later; no protocol-level
+/// prepared statements needed). sqlx prepares every statement with a Parse … Sync round
+/// trip before its Bind … Sync, and names it (`sqlx_s_N`, counted per connection): outside
+/// a transaction PgBouncer may hand the Bind to another server connection, and names
+/// collide between clients sharing one. So the statement cache is off and every checkout
+/// is one server transaction, opened by [`Leases::pooled_begin_sql`] (which drops the
+/// server connection's prepared statements and sets the lease timeouts locally) and
+/// committed when the connection comes back to the pool. A `pool.begin()` inside it runs
+/// in that transaction and commits it (sqlx's `BEGIN` only warns), so a commit is durable
+/// when `commit()` returns, as on a direct connection; a statement run on the pool itself
+/// commits when its connection is released, just after it returns.
 pub async fn pool_connect_role(
     url: &str,
     max: u32,
     app_name: &str,
     leases: Leases,
+    pooled: bool,
 ) -> anyhow::Result<PgPool> {
+    let options = connect_options(url)?.application_name(app_name);
+    if pooled {
+        let begin: Arc<str> = leases.pooled_begin_sql().into();
+        let again = Arc::clone(&begin);
+        return pool_options(max)
+            .after_connect(move |conn, _meta| {
+                let sql = Arc::clone(&begin);
+                Box::pin(async move {
+                    sqlx::Executor::execute(conn, &*sql).await?;
+                    Ok(())
+                })
+            })
+            .before_acquire(move |conn, _meta| {
+                let sql = Arc::clone(&again);
+                Box::pin(async move {
+                    sqlx::Executor::execute(conn, &*sql).await?;
+                    Ok(true)
+                })
+            })
+            .after_release(|conn, _meta| {
+                Box::pin(async move {
+                    // Commits the checkout's transaction, or warns that there is none
+                    // (a `pool.begin()` ended it): silenced, and the setting put back in
+                    // the same round trip on the same server connection.
+                    sqlx::Executor::execute(
+                        conn,
+                        "SET client_min_messages = error; COMMIT; RESET client_min_messages",
+                    )
+                    .await?;
+                    Ok(true)
+                })
+            })
+            .connect_with(options.statement_cache_capacity(0))
+            .await
+            .context("cannot connect to PostgreSQL through the pooler");
+    }
     let sql: Arc<str> = leases.session_sql().into();
     pool_options(max)
         .after_connect(move |conn, _meta| {
@@ -45,7 +94,7 @@ pub async fn pool_connect_role(
                 Ok(())
             })
         })
-        .connect_with(connect_options(url)?.application_name(app_name))
+        .connect_with(options)
         .await
         .context("cannot connect to PostgreSQL")
 }

@@ -213,6 +213,21 @@ pub async fn run(
     show_progress: bool,
     games: &Registry,
 ) -> anyhow::Result<Report> {
+    run_via(db_url, None, args, show_progress, games).await
+}
+
+/// [`run`], the in-process server's pool going through the PgBouncer of `pooled` (the
+/// benchmark database through it) when given, `db_url` then being the direct connection.
+pub async fn run_via(
+    db_url: &str,
+    pooled: Option<&str>,
+    args: &E2eArgs,
+    show_progress: bool,
+    games: &Registry,
+) -> anyhow::Result<Report> {
+    if args.processes && pooled.is_some() {
+        bail!("--pooler-url does not apply to --processes yet");
+    }
     if args.players < 2 || args.players % 2 != 0 {
         bail!("--players must be an even number of at least 2");
     }
@@ -226,6 +241,10 @@ pub async fn run(
         config.fast_apply = fast;
     }
     let config_fast = config.fast_apply;
+    if let Some(p) = pooled {
+        config.db.database_url = p.to_owned();
+        config.direct_database_url = Some(db_url.to_owned());
+    }
     let server = super::ServerThread::start(config, games.clone()).await?;
     let addr = server.addr.context("the gateway runs")?;
     let played = play(&server.pool, [addr, addr], args, show_progress, games).await;
@@ -234,6 +253,7 @@ pub async fn run(
     let mut params = played.params(args);
     params["workers"] = json!(args.workers);
     params["fast_apply"] = json!(config_fast);
+    params["through_pgbouncer"] = json!(pooled.is_some());
     Ok(played.report(params))
 }
 

@@ -42,9 +42,16 @@ pub async fn run(mut args: BenchArgs, games: &crate::game::Registry) -> anyhow::
 
 async fn run_on(args: &BenchArgs, games: &crate::game::Registry) -> anyhow::Result<()> {
     let db = BenchDb::prepare(&args.db.database_url, args.in_place).await?;
+    let pooled = match &args.pooler_url {
+        Some(p) => {
+            let name = db.url().rsplit('/').next().unwrap_or_default().to_owned();
+            Some(crate::setup::url_with_database(p, &name)?)
+        }
+        None => None,
+    };
     let result = match &args.scenario {
-        Scenario::E2e(a) => e2e::run(db.url(), a, !args.json, games).await,
-        Scenario::Queue(a) => queue::run(db.url(), a, !args.json).await,
+        Scenario::E2e(a) => e2e::run_via(db.url(), pooled.as_deref(), a, !args.json, games).await,
+        Scenario::Queue(a) => queue::run_via(db.url(), pooled.as_deref(), a, !args.json).await,
         Scenario::Fanout(a) => fanout::run(db.url(), a, !args.json, games).await,
         Scenario::Ticks(a) => ticks::run(db.url(), a, !args.json, games).await,
         Scenario::Soak(a) => soak::run(db.url(), a, !args.json).await,

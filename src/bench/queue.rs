@@ -284,6 +284,17 @@ pub(super) async fn enqueue_one_by_one(
 
 /// Runs the scenario against the database at `db_url`.
 pub async fn run(db_url: &str, args: &QueueArgs, show_progress: bool) -> anyhow::Result<Report> {
+    run_via(db_url, None, args, show_progress).await
+}
+
+/// [`run`], the producers' and workers' pool going through the PgBouncer of `pooled` (the
+/// benchmark database through it) when given; migrations and LISTEN use `db_url`.
+pub async fn run_via(
+    db_url: &str,
+    pooled: Option<&str>,
+    args: &QueueArgs,
+    show_progress: bool,
+) -> anyhow::Result<Report> {
     if args.messages == 0 || args.matches == 0 || args.workers == 0 {
         bail!("--messages, --matches and --workers must be at least 1");
     }
@@ -296,6 +307,14 @@ pub async fn run(db_url: &str, args: &QueueArgs, show_progress: bool) -> anyhow:
     let connections = (args.workers.max(producers) + 4) as u32;
     let pool = crate::store::pool_connect(db_url, connections, "postgame bench queue").await?;
     crate::store::migrate(&pool).await?;
+    let pool = match pooled {
+        Some(p) => {
+            let leases = crate::lease::Leases::default();
+            crate::store::pool_connect_role(p, connections, "postgame bench queue", leases, true)
+                .await?
+        }
+        None => pool,
+    };
     let stop = CancellationToken::new();
     let notifier = Arc::new(Notifier::new());
     let notifier_task = tokio::spawn(Arc::clone(&notifier).run(pool.clone(), stop.clone()));

@@ -36,6 +36,7 @@ mod matchmaker;
 mod metrics;
 mod openapi;
 mod outage;
+mod pgbouncer;
 mod presence;
 mod processes;
 mod resilience;

@@ -34,7 +34,7 @@ pub async fn pool_connect(url: &str, max: u32, app_name: &str) -> anyhow::Result
 /// trip before its Bind … Sync, and names it (`sqlx_s_N`, counted per connection): outside
 /// a transaction PgBouncer may hand the Bind to another server connection, and names
 /// collide between clients sharing one. So the statement cache is off and every checkout
-/// is one server transaction, opened by [`Leases::pooled_begin_sql`] (which drops the
+/// is one server transaction, opened by `Leases::pooled_begin_sql` (which drops the
 /// server connection's prepared statements and sets the lease timeouts locally) and
 /// committed when the connection comes back to the pool. A `pool.begin()` inside it runs
 /// in that transaction and commits it (sqlx's `BEGIN` only warns), so a commit is durable

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::helpers::{database_url, play, TestApp, TestDb};
+use crate::tictactoe::{table_on, Table};
 
 /// A PgBouncer run by this test; stopped (SIGTERM, then SIGKILL) and its folder removed when
 /// dropped.
@@ -172,20 +173,14 @@ async fn the_core_scenarios_work_through_pgbouncer_in_transaction_mode() {
     .await;
 
     // Publish → apply → broadcast: a whole Tic Tac Toe game, seen in order by a spectator.
-    let id = app
-        .create_match(&app.token("alice"), "tictactoe", json!({}))
-        .await;
+    let Table {
+        app,
+        id,
+        mut x,
+        mut o,
+        mut spectator,
+    } = table_on(app).await;
     let channel = format!("match:{id}");
-    let mut x = app.ws(&app.token("alice")).await;
-    let mut o = app.ws(&app.token("bob")).await;
-    let mut spectator = app.ws(&app.token("carol")).await;
-    for c in [&mut x, &mut o, &mut spectator] {
-        assert_eq!(c.subscribe(&channel, Some(0)).await["recovered"], true);
-    }
-    x.act(&id, "join", json!({})).await;
-    x.state_until(&id, |s| s["players"]["X"] == "alice").await;
-    o.act(&id, "join", json!({})).await;
-    o.state_until(&id, |s| s["status"] == "playing").await;
     play(
         &mut x,
         &mut o,

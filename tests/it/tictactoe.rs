@@ -5,17 +5,21 @@ use sqlx::postgres::PgConnectOptions;
 
 use crate::helpers::{play, Client, TestApp, TestDb};
 
-struct Table {
-    app: TestApp,
-    id: String,
-    x: Client,
-    o: Client,
-    spectator: Client,
+pub struct Table {
+    pub app: TestApp,
+    pub id: String,
+    pub x: Client,
+    pub o: Client,
+    pub spectator: Client,
 }
 
 /// A match with X, O and a spectator subscribed; both players joined and playing.
 async fn table(opts: PgConnectOptions) -> Table {
-    let app = TestApp::spawn(opts).await;
+    table_on(TestApp::spawn(opts).await).await
+}
+
+/// [`table`] on a server already running (tests/it/pgbouncer.rs: one behind PgBouncer).
+pub async fn table_on(app: TestApp) -> Table {
     let id = app
         .create_match(&app.token("alice"), "tictactoe", json!({}))
         .await;

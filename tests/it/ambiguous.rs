@@ -4,7 +4,9 @@
 
 use serde_json::json;
 
-use crate::helpers::{state_field, Closed, TestApp, TestDb};
+use crate::helpers::{
+    publisher_on, sleeping_commit, slow_commits, state_field, Closed, TestApp, TestDb,
+};
 use crate::ledger;
 
 async fn seen(app: &TestApp, id: &str) -> Vec<(String, i64, i64)> {
@@ -62,16 +64,9 @@ async fn terminated_during_commit(fast: bool) {
     let app = TestApp::spawn_with(opts, ledger::games(), |c| c.fast_apply = fast).await;
     let id = app.create_match(&app.token("s"), "ledger", json!({})).await;
     let control = format!("control:{id}");
-    // A deferred trigger runs inside COMMIT: a message named `slow` makes the COMMIT sleep,
-    // so the test can terminate the publisher's backend exactly then.
-    for sql in [
-        "CREATE FUNCTION public.slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN IF NEW.name = 'slow' THEN PERFORM pg_sleep(60); END IF; RETURN NULL; END $$",
-        "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON postgame.control
-         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.slow_commit()",
-    ] {
-        sqlx::query(sql).execute(&app.pool).await.unwrap();
-    }
+    // The COMMIT of a message named `slow` sleeps, so the test can terminate the
+    // publisher's backend exactly then.
+    slow_commits(&app.pool).await;
     let mut alice = app.ws(&app.token("alice")).await;
     alice
         .send(
@@ -81,19 +76,7 @@ async fn terminated_during_commit(fast: bool) {
         .await;
     // Wait until that COMMIT sleeps, then publish more on the same connection: they are
     // in flight behind the first one.
-    let pid: i32 = loop {
-        let pid: Option<i32> = sqlx::query_scalar(
-            "SELECT pid FROM pg_stat_activity
-             WHERE query = 'COMMIT' AND wait_event = 'PgSleep' AND datname = current_database()",
-        )
-        .fetch_optional(&app.pool)
-        .await
-        .unwrap();
-        if let Some(pid) = pid {
-            break pid;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let (pid, _) = sleeping_commit(&app.pool).await;
     for n in 2..=3 {
         alice
             .send(
@@ -157,9 +140,8 @@ async fn a_publish_arriving_after_its_connections_refusal_is_refused_too() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
-    use postgame::broadcast::notify::Notifier;
     use postgame::ids::{Channel, ClientId};
-    use postgame::queue::publisher::{Limits, PublishError, PublishRequest, Publisher};
+    use postgame::queue::publisher::{PublishError, PublishRequest};
 
     let (_db, opts) = TestDb::new().await;
     let pool = crate::helpers::migrated_pool(&opts, 4).await;
@@ -172,24 +154,8 @@ async fn a_publish_arriving_after_its_connections_refusal_is_refused_too() {
     .await
     .unwrap();
     let control = format!("control:{}", m.id);
-    for sql in [
-        "CREATE FUNCTION public.slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN IF NEW.name = 'slow' THEN PERFORM pg_sleep(60); END IF; RETURN NULL; END $$",
-        "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON postgame.control
-         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.slow_commit()",
-    ] {
-        sqlx::query(sql).execute(&pool).await.unwrap();
-    }
-    let tracker = tokio_util::task::TaskTracker::new();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let publisher = Publisher::start(
-        pool.clone(),
-        Arc::new(Notifier::new()),
-        1,
-        Limits::NONE,
-        &tracker,
-        stop.clone(),
-    );
+    slow_commits(&pool).await;
+    let (publisher, tracker, stop) = publisher_on(&pool);
     let req = |name: &str, n: i64| PublishRequest {
         client: Some(ClientId::parse("alice").unwrap()),
         channel: Channel::parse(&control).unwrap(),
@@ -201,19 +167,7 @@ async fn a_publish_arriving_after_its_connections_refusal_is_refused_too() {
     let first = publisher
         .submit_fenced(7, req("slow", 1), Arc::clone(&fence))
         .await;
-    let pid: i32 = loop {
-        let pid: Option<i32> = sqlx::query_scalar(
-            "SELECT pid FROM pg_stat_activity
-             WHERE query = 'COMMIT' AND wait_event = 'PgSleep' AND datname = current_database()",
-        )
-        .fetch_optional(&pool)
-        .await
-        .unwrap();
-        if let Some(pid) = pid {
-            break pid;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let (pid, _) = sleeping_commit(&pool).await;
     sqlx::query("SELECT pg_terminate_backend($1)")
         .bind(pid)
         .execute(&pool)

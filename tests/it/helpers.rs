@@ -692,3 +692,62 @@ pub async fn guest(http: &reqwest::Client, base: &str) -> Value {
         .await
         .unwrap()
 }
+
+/// Makes the COMMIT of a transaction that inserted a control message named `slow` sleep
+/// for 60 s (a deferred trigger runs inside COMMIT, after the rows were written), so a
+/// test can cut that COMMIT: terminate its backend, crash Postgres.
+pub async fn slow_commits(pool: &PgPool) {
+    for sql in [
+        "CREATE FUNCTION public.slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.name = 'slow' THEN PERFORM pg_sleep(60); END IF; RETURN NULL; END $$",
+        "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON postgame.control
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.slow_commit()",
+    ] {
+        sqlx::query(sql).execute(pool).await.unwrap();
+    }
+}
+
+/// The backend pid and xid of the COMMIT sleeping in [`slow_commits`]' trigger, once
+/// there is one.
+pub async fn sleeping_commit(pool: &PgPool) -> (i32, i64) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let found: Option<(i32, i64)> = sqlx::query_as(
+            "SELECT pid, backend_xid::text::int8 FROM pg_stat_activity
+             WHERE query = 'COMMIT' AND wait_event = 'PgSleep' AND datname = current_database()",
+        )
+        .fetch_optional(pool)
+        .await
+        .unwrap();
+        if let Some(found) = found {
+            return found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no COMMIT sleeping in the slow_commit trigger"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A publisher of the test's own on `pool` (one shard, no limits), its task tracker and
+/// its stop token.
+pub fn publisher_on(
+    pool: &PgPool,
+) -> (
+    postgame::queue::publisher::Publisher,
+    tokio_util::task::TaskTracker,
+    tokio_util::sync::CancellationToken,
+) {
+    let tracker = tokio_util::task::TaskTracker::new();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let publisher = postgame::queue::publisher::Publisher::start(
+        pool.clone(),
+        std::sync::Arc::new(postgame::broadcast::notify::Notifier::new()),
+        1,
+        postgame::queue::publisher::Limits::NONE,
+        &tracker,
+        stop.clone(),
+    );
+    (publisher, tracker, stop)
+}

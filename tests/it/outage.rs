@@ -11,7 +11,9 @@ use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 
 use crate::cluster::Cluster;
-use crate::helpers::{test_config, TestApp, SECRET, WAIT};
+use crate::helpers::{
+    publisher_on, sleeping_commit, slow_commits, test_config, TestApp, SECRET, WAIT,
+};
 
 /// GET /readyz: the status, or `None` when no answer came within `limit`.
 async fn readyz(
@@ -262,9 +264,8 @@ async fn a_postgres_outage_longer_than_the_presence_timeout_disconnects_no_one()
 /// committed ahead of it, as chaos runs found).
 #[tokio::test]
 async fn a_publish_lost_in_a_crash_during_its_commit_is_refused_and_not_overtaken() {
-    use postgame::broadcast::notify::Notifier;
     use postgame::ids::{Channel, ClientId};
-    use postgame::queue::publisher::{Limits, PublishError, PublishRequest, Publisher};
+    use postgame::queue::publisher::{PublishError, PublishRequest};
 
     let cluster = Arc::new(tokio::task::spawn_blocking(Cluster::start).await.unwrap());
     let url = cluster.url("postgres");
@@ -298,27 +299,10 @@ async fn a_publish_lost_in_a_crash_during_its_commit_is_refused_and_not_overtake
     .await
     .unwrap();
     let control = format!("control:{}", m.id);
-    // A deferred trigger runs inside COMMIT: a message named `slow` makes its COMMIT sleep,
-    // after its rows were written (in WAL buffers only), so the crash can cut it there.
-    for sql in [
-        "CREATE FUNCTION public.slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN IF NEW.name = 'slow' THEN PERFORM pg_sleep(60); END IF; RETURN NULL; END $$",
-        "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON postgame.control
-         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.slow_commit()",
-    ] {
-        sqlx::query(sql).execute(&pool).await.unwrap();
-    }
-
-    let tracker = tokio_util::task::TaskTracker::new();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let publisher = Publisher::start(
-        pool.clone(),
-        Arc::new(Notifier::new()),
-        1,
-        Limits::NONE,
-        &tracker,
-        stop.clone(),
-    );
+    // The COMMIT of a `slow` message sleeps after its rows were written (in WAL buffers
+    // only), so the crash can cut it there.
+    slow_commits(&pool).await;
+    let (publisher, tracker, stop) = publisher_on(&pool);
     let req = |name: &str, n: i64| PublishRequest {
         client: Some(ClientId::parse("alice").unwrap()),
         channel: Channel::parse(&control).unwrap(),
@@ -335,19 +319,7 @@ async fn a_publish_lost_in_a_crash_during_its_commit_is_refused_and_not_overtake
         .await
         .unwrap();
     let first = publisher.submit(7, req("slow", 1)).await;
-    let xid: i64 = loop {
-        let xid: Option<i64> = sqlx::query_scalar(
-            "SELECT backend_xid::text::int8 FROM pg_stat_activity
-             WHERE query = 'COMMIT' AND wait_event = 'PgSleep'",
-        )
-        .fetch_optional(&pool)
-        .await
-        .unwrap();
-        if let Some(xid) = xid {
-            break xid;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (_, xid) = sleeping_commit(&pool).await;
     // The connection's later publishes, in flight behind the first one.
     let later = [
         publisher.submit(7, req("chat", 2)).await,

@@ -199,7 +199,11 @@ async fn a_silent_peer_is_closed_with_4008() {
 async fn a_subscriber_that_falls_behind_is_cut_off_and_resumes_without_loss() {
     let (_db, opts) = TestDb::new().await;
     let app = TestApp::spawn_with(opts, postgame::game::Registry::builtin(), |c| {
-        c.outbox_frames = 8
+        c.outbox_frames = 8;
+        // The writer is blocked on the full socket until this test reads again, after its
+        // 300 POSTs: with the default 10 s, a loaded machine's POSTs outlast it and the
+        // connection is dropped without its 4008 (the other way out for a non-reader).
+        c.write_timeout_seconds = 120.0;
     })
     .await;
     let admin = app.admin_token();

@@ -158,7 +158,9 @@ async fn a_postgres_outage_longer_than_the_presence_timeout_disconnects_no_one()
     let cluster = Arc::new(tokio::task::spawn_blocking(Cluster::start).await.unwrap());
     let url = cluster.url("postgres");
     let mut config = test_config(&url);
-    config.presence_timeout_seconds = 2.0;
+    // Timeouts of a few seconds, not less: after the restart the gateway must reconnect
+    // and heartbeat within one, on a machine that may be loaded.
+    config.presence_timeout_seconds = 5.0;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = postgame::start(config, Registry::builtin(), Some(listener))
         .await
@@ -211,7 +213,7 @@ async fn a_postgres_outage_longer_than_the_presence_timeout_disconnects_no_one()
     tokio::task::spawn_blocking(move || c.crash())
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
     let c = Arc::clone(&cluster);
     tokio::task::spawn_blocking(move || c.resume())
         .await
@@ -222,14 +224,14 @@ async fn a_postgres_outage_longer_than_the_presence_timeout_disconnects_no_one()
     let restarted = Instant::now();
     let mut swept = 0;
     while restarted.elapsed() < Duration::from_millis(1500) {
-        swept += postgame::presence::presence_sweep(&pool, Duration::from_secs(2))
+        swept += postgame::presence::presence_sweep(&pool, Duration::from_secs(5))
             .await
             .unwrap_or(0);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(swept, 0, "connections disconnected after the restart");
     // Past the timeout again, with the server's own sweep every second: still connected.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
     poll_until(&pool, &both_connected).await;
     for (n, p) in players.iter_mut().enumerate() {
         let ping = 1000 + n as u64;
